@@ -1,0 +1,255 @@
+"""Building blocks of the CV-VAE: padded 3D convolutions, ResNet blocks, resampling, attention.
+
+All tensors are video feature maps ``(B, C, T, H, W)``. Two padding conventions exist in the
+released checkpoints and are selected with ``padding_mode``:
+
+- ``"zeros"`` (SD 2.1 flavour, LDM code): spatial zero padding; causal convolutions repeat the
+  first frame in time; the decoder's 3D convolutions zero-pad in time, except the temporal
+  upsampler, which repeats the edge frames.
+- ``"replicate"`` (SD3 flavour, diffusers code): every 3D convolution repeats edge values in space
+  and time.
+
+The per-frame 2D convolution of each ResNet block always zero-pads, in both flavours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PADDING_MODES = ("zeros", "replicate")
+
+
+@dataclass(frozen=True)
+class Padding:
+    """Explicit padding of a 3D convolution input.
+
+    ``space`` is ``(left, right, top, bottom)``; ``time`` is ``(before, after)``.
+    Modes are ``"zeros"`` or ``"replicate"``.
+    """
+
+    space: tuple[int, int, int, int]
+    space_mode: str
+    time: tuple[int, int]
+    time_mode: str
+
+
+def causal_padding(padding_mode: str) -> Padding:
+    """Padding of a causal 3x3x3 convolution: two past frames made by repeating the first."""
+    return Padding((1, 1, 1, 1), padding_mode, (2, 0), "replicate")
+
+
+def centered_padding(padding_mode: str) -> Padding:
+    """Padding of a non-causal 3x3x3 decoder convolution."""
+    return Padding((1, 1, 1, 1), padding_mode, (1, 1), padding_mode)
+
+
+def downsample_padding(padding_mode: str) -> Padding:
+    """Padding of the strided encoder downsampler (LDM pads right/bottom only)."""
+    space = (0, 1, 0, 1) if padding_mode == "zeros" else (1, 1, 1, 1)
+    return Padding(space, padding_mode, (2, 0), "replicate")
+
+
+def upsample_padding(padding_mode: str) -> Padding:
+    """Padding of the decoder upsampler convolution (always repeats edge frames in time)."""
+    return Padding((1, 1, 1, 1), padding_mode, (1, 1), "replicate")
+
+
+def _pad_time_replicate(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    parts = []
+    if before:
+        parts.append(x[:, :, :1].expand(-1, -1, before, -1, -1))
+    parts.append(x)
+    if after:
+        parts.append(x[:, :, -1:].expand(-1, -1, after, -1, -1))
+    return torch.cat(parts, dim=2)
+
+
+class PaddedConv3d(nn.Conv3d):
+    """A 3D convolution whose padding is given explicitly (see :class:`Padding`).
+
+    Zero padding that is symmetric is left to the convolution itself (no copy); the rest is
+    applied before it. Input ``(B, Cin, T, H, W)``, output ``(B, Cout, T', H', W')``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        padding: Padding,
+        stride: int | tuple[int, int, int] = 1,
+    ):
+        l, r, t, b = padding.space
+        space_in_conv = padding.space_mode == "zeros" and l == r == t == b
+        time_in_conv = padding.time_mode == "zeros" and padding.time[0] == padding.time[1]
+        conv_padding = (
+            padding.time[0] if time_in_conv else 0,
+            t if space_in_conv else 0,
+            l if space_in_conv else 0,
+        )
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=conv_padding)
+        self.pad_spec = padding
+        self._pad_space = None if space_in_conv or not any(padding.space) else padding.space
+        self._pad_time = None if time_in_conv or not any(padding.time) else padding.time
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the padding that the convolution does not do itself."""
+        spec = self.pad_spec
+        if self._pad_space and self._pad_time and spec.space_mode == spec.time_mode == "replicate":
+            return F.pad(x, (*self._pad_space, *self._pad_time), mode="replicate")
+        if self._pad_time:
+            before, after = self._pad_time
+            if spec.time_mode == "replicate":
+                x = _pad_time_replicate(x, before, after)
+            else:
+                x = F.pad(x, (0, 0, 0, 0, before, after))
+        if self._pad_space:
+            mode = "constant" if spec.space_mode == "zeros" else "replicate"
+            x = F.pad(x, self._pad_space, mode=mode)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.pad(x))
+
+
+class FrameConv2d(nn.Module):
+    """A 3x3 2D convolution applied to every frame (zero padding), stored as a 2D kernel.
+
+    Implemented as a 3D convolution with a ``(1, 3, 3)`` kernel view, so no reshaping of the
+    video is needed. ``(B, Cin, T, H, W) -> (B, Cout, T, H, W)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        reference = nn.Conv2d(in_channels, out_channels, 3)
+        with torch.no_grad():
+            self.weight.copy_(reference.weight)
+            self.bias.copy_(reference.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv3d(x, self.weight.unsqueeze(2), self.bias, padding=(0, 1, 1))
+
+
+class ResnetBlock(nn.Module):
+    """Pre-norm ResNet block, "half 3D": a 3D first conv and a per-frame 2D second conv.
+
+    GroupNorm statistics span channels-in-group x T x H x W (the whole clip).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        conv1_padding: Padding,
+        norm_num_groups: int,
+        norm_eps: float,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(norm_num_groups, in_channels, eps=norm_eps)
+        self.conv1 = PaddedConv3d(in_channels, out_channels, 3, conv1_padding)
+        self.norm2 = nn.GroupNorm(norm_num_groups, out_channels, eps=norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = FrameConv2d(out_channels, out_channels)
+        self.nin_shortcut = (
+            nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        if self.nin_shortcut is not None:
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class Downsample(nn.Module):
+    """Strided 3x3x3 causal conv: halves H and W, and T (as ``1 + (T - 1) // 2``) if ``time``."""
+
+    def __init__(self, channels: int, time: bool, padding_mode: str):
+        super().__init__()
+        stride = (2, 2, 2) if time else (1, 2, 2)
+        self.conv = PaddedConv3d(channels, channels, 3, downsample_padding(padding_mode), stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest 2x spatial upsampling then a 3x3x3 conv; with ``time`` the conv emits 2x channels
+    that become two frames each, and the first frame is dropped: ``T -> 2T - 1``."""
+
+    def __init__(self, channels: int, time: bool, padding_mode: str):
+        super().__init__()
+        self.time_factor = 2 if time else 1
+        self.conv = PaddedConv3d(
+            channels, channels * self.time_factor, 3, upsample_padding(padding_mode)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
+        x = self.conv(x)
+        if self.time_factor == 1:
+            return x
+        b, c2, t, h, w = x.shape
+        n = self.time_factor
+        x = x.view(b, n, c2 // n, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // n, t * n, h, w)
+        return x[:, :, 1:]
+
+
+def _group_norm_per_frame(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """GroupNorm with statistics per frame: ``(B, C, T, H, W)`` -> same shape."""
+    b, c, t, h, w = x.shape
+    g = norm.num_groups
+    grouped = x.view(b, g, c // g, t, h * w).float()
+    var, mean = torch.var_mean(grouped, dim=(2, 4), keepdim=True, correction=0)
+    normed = ((grouped - mean) * torch.rsqrt(var + norm.eps)).view(b, c, t, h, w).to(x.dtype)
+    return normed * norm.weight.view(1, c, 1, 1, 1) + norm.bias.view(1, c, 1, 1, 1)
+
+
+def _single_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention with one head over ``(N, L, C)`` tokens, scale ``C ** -0.5``."""
+    return F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+
+
+class MidAttention(nn.Module):
+    """Mid-block self-attention, single head.
+
+    Spatial attention runs per frame (GroupNorm statistics per frame too). With ``temporal``
+    (SD 2.1 decoder), its output then goes through attention over time at every pixel
+    (LayerNorm, Linear q/k/v, Linear out) before the residual is added:
+    ``x + temporal(spatial(x))``; otherwise ``x + spatial(x)``.
+    """
+
+    def __init__(self, channels: int, norm_num_groups: int, norm_eps: float, temporal: bool):
+        super().__init__()
+        self.norm = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps)
+        self.q = nn.Linear(channels, channels)
+        self.k = nn.Linear(channels, channels)
+        self.v = nn.Linear(channels, channels)
+        self.proj_out = nn.Linear(channels, channels)
+        self.temporal = temporal
+        if temporal:
+            self.norm_t = nn.LayerNorm(channels, eps=norm_eps)
+            self.q_t = nn.Linear(channels, channels)
+            self.k_t = nn.Linear(channels, channels)
+            self.v_t = nn.Linear(channels, channels)
+            self.proj_out_t = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        tokens = _group_norm_per_frame(x, self.norm).permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)
+        out = self.proj_out(_single_head_attention(self.q(tokens), self.k(tokens), self.v(tokens)))
+        if self.temporal:
+            seq = self.norm_t(out.view(b, t, h * w, c).transpose(1, 2).reshape(b * h * w, t, c))
+            out = self.proj_out_t(_single_head_attention(self.q_t(seq), self.k_t(seq), self.v_t(seq)))
+            out = out.view(b, h, w, t, c).permute(0, 4, 3, 1, 2)
+        else:
+            out = out.view(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+        return x + out
