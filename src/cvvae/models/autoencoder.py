@@ -59,7 +59,8 @@ class CVVAE(ModelMixin, ConfigMixin):
     Config (saved by ``save_pretrained``): channels, depth, normalisation, ``padding_mode``
     (``"zeros"``: SD 2.1 flavour, ``"replicate"``: SD3 flavour), mid attention (and temporal
     decoder attention for SD 2.1), latent ``scaling_factor``/``shift_factor``, and the checkpoint
-    ``state_dict_layout`` (``"ldm"`` or ``"diffusers"``) used when saving.
+    ``state_dict_layout`` (``"ldm"`` or ``"diffusers"``) used when saving, and whether a 1x1
+    ``post_quant_conv`` precedes the decoder (only for some inflated models).
     """
 
     config_name = CONFIG_NAME
@@ -82,6 +83,7 @@ class CVVAE(ModelMixin, ConfigMixin):
         scaling_factor: float = 0.18215,
         shift_factor: float | None = None,
         state_dict_layout: str = "ldm",
+        use_post_quant_conv: bool = False,
     ):
         super().__init__()
         if padding_mode not in PADDING_MODES:
@@ -102,6 +104,11 @@ class CVVAE(ModelMixin, ConfigMixin):
         )
         self.encoder = Encoder(in_channels, **common)
         self.decoder = Decoder(out_channels, temporal_attention=decoder_temporal_attention, **common)
+        # A 1x1 conv on latents before the decoder, kept only by inflation from an image VAE whose
+        # post_quant_conv has a bias (see inflation.py); the released models have none.
+        self.post_quant_conv = (
+            torch.nn.Conv3d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+        )
 
     temporal_compression = 4
     spatial_compression = 8
@@ -170,7 +177,10 @@ class CVVAE(ModelMixin, ConfigMixin):
         if z.dim() not in (4, 5):
             raise ValueError(f"expected (B, C, t, h, w) or (B, C, h, w), got shape {tuple(z.shape)}")
         image = z.dim() == 4
-        x = self.decoder(z.unsqueeze(2) if image else z)
+        z = z.unsqueeze(2) if image else z
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        x = self.decoder(z)
         x = x[:, :, :num_frames, :height, :width]
         if image:
             x = x[:, :, 0]

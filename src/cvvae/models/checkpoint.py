@@ -135,7 +135,7 @@ def layout_shape(name: str, shape: torch.Size, layout: str) -> tuple[int, ...]:
     """The checkpoint shape of our parameter ``name`` in ``layout``."""
     if layout == "ldm" and re.search(r"\.attn_1\.(q|k|v|proj_out)\.weight$", name):
         return (*shape, 1, 1)
-    if layout == "diffusers" and name.endswith(".nin_shortcut.weight"):
+    if layout == "diffusers" and (name.endswith(".nin_shortcut.weight") or name == "post_quant_conv.weight"):
         return tuple(shape[:-1])
     return tuple(shape)
 
