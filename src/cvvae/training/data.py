@@ -83,8 +83,8 @@ class SampleKey:
 class ClipDataset(Dataset):
     """Decodes :class:`SampleKey` s into ``{"video": (3, T, S, S) in [-1, 1], "skipped": [str]}``.
 
-    A file that cannot be read (or is too short for the clip) is replaced by another file of the
-    same kind drawn from the sample's seed, up to ``config.max_read_tries`` files; the skipped
+    A file that cannot be read (or is too short for the clip) is replaced by other files of the
+    same kind in an order drawn from the sample's seed, up to ``config.max_read_tries``; the skipped
     ones are reported as ``"path: reason"`` strings so the trainer can count and log them.
     """
 
@@ -95,8 +95,10 @@ class ClipDataset(Dataset):
     def __getitem__(self, key: SampleKey) -> dict:
         rng = np.random.default_rng(key.seed)
         files = self.files[key.kind]
-        index, skipped = key.index, []
-        for _ in range(self.config.max_read_tries):
+        fallbacks = [int(i) for i in rng.permutation(len(files)) if i != key.index]
+        candidates = [key.index, *fallbacks][: self.config.max_read_tries]
+        skipped = []
+        for index in candidates:
             try:
                 if key.kind == "video":
                     clip = self._read_clip(files[index], key.frames, key.size, rng)
@@ -105,10 +107,7 @@ class ClipDataset(Dataset):
                 return {"video": clip, "skipped": skipped}
             except UserInputError as err:
                 skipped.append(str(err))
-                index = int(rng.integers(len(files)))
-        raise UserInputError(
-            f"no readable {key.kind} after {self.config.max_read_tries} tries; last: {skipped[-1]}"
-        )
+        raise UserInputError(f"no readable {key.kind} after {len(candidates)} tries; last: {skipped[-1]}")
 
     def _read_clip(self, path: Path, frames: int, size: int, rng: np.random.Generator) -> torch.Tensor:
         """Random ``frames``-frame clip with a random stride, resized and randomly cropped."""
