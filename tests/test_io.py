@@ -21,12 +21,6 @@ from cvvae.io import (
 )
 
 
-@pytest.fixture(scope="module")
-def shared_dir() -> Path:
-    """The shared data folder that sits beside the repository."""
-    return Path(__file__).parents[1].parent / "shared"
-
-
 def ramp_video(t: int, h: int, w: int) -> torch.Tensor:
     """A smooth synthetic clip ``(3, T, H, W)`` in [-1, 1] whose frames differ (frame i is
     brighter by i steps), so frame order and selection are visible after lossy coding."""
