@@ -138,9 +138,11 @@ class Trainer:
         betas = tuple(oc.betas)
         opt_ae = torch.optim.AdamW(vae.parameters(), oc.lr, betas=betas, eps=oc.eps, weight_decay=oc.weight_decay)
         opt_disc = torch.optim.AdamW(disc.parameters(), oc.disc_lr, betas=betas, eps=oc.eps, weight_decay=oc.weight_decay)
-        schedule = lambda step: lr_factor(step, oc.warmup_steps, config.max_steps, oc.min_lr_ratio)  # noqa: E731
-        self.sched_ae = torch.optim.lr_scheduler.LambdaLR(opt_ae, schedule)
-        self.sched_disc = torch.optim.lr_scheduler.LambdaLR(opt_disc, schedule)
+        disc_steps = max(1, config.max_steps - lc.gan_start)  # the discriminator's clock starts at gan_start
+        self.sched_ae = torch.optim.lr_scheduler.LambdaLR(
+            opt_ae, lambda s: lr_factor(s, oc.warmup_steps, config.max_steps, oc.min_lr_ratio))
+        self.sched_disc = torch.optim.lr_scheduler.LambdaLR(
+            opt_disc, lambda s: lr_factor(s, oc.warmup_steps, disc_steps, oc.min_lr_ratio))
         self.model, self.disc, self.opt_ae, self.opt_disc = acc.prepare(AutoencoderStep(vae), disc, opt_ae, opt_disc)
 
         videos, images = list_videos(config.data.videos), list_images(config.data.images)
@@ -295,6 +297,7 @@ class Trainer:
         if gan_on:
             sums["grad_norm_disc"] = float(acc.clip_grad_norm_(self.disc.parameters(), clip))
             self.opt_disc.step()
+            self.sched_disc.step()
         self.opt_ae.zero_grad(set_to_none=True)
         self.opt_disc.zero_grad(set_to_none=True)
         update_ema(self.ema, self.vae, c.optim.ema_decay)
@@ -303,7 +306,6 @@ class Trainer:
 
     def _advance(self) -> None:
         self.sched_ae.step()
-        self.sched_disc.step()
         self.step += 1
 
     def _note_skipped(self, messages: list[str]) -> None:
@@ -335,8 +337,11 @@ class Trainer:
         writer.add_image("val/reconstruction", grid.cpu(), self.step)
 
     # ------------------------------------------------------------------ the run
-    def run(self) -> Path:
+    def run(self, stop_after: int | None = None) -> Path | None:
+        """Train to ``max_steps`` and export (returns the model folder); with ``stop_after``,
+        stop at that step with a checkpoint and return None (a later run resumes there)."""
         acc, c = self.accelerator, self.config
+        end = c.max_steps if stop_after is None else min(stop_after, c.max_steps)
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(c, self.out / "config.yaml")
@@ -351,7 +356,7 @@ class Trainer:
             clips = torch.stack([self.dataset[k]["video"] for k in validation_keys(self.dataset, c.num_val_clips, c.seed)])
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="train")
         tick, tick_step = time.perf_counter(), self.step
-        while self.step < c.max_steps:
+        while self.step < end:
             sums = self.train_step(batches)
             bar.update(1)
             if sums is not None:
@@ -364,9 +369,12 @@ class Trainer:
                     tick, tick_step = now, self.step
             if clips is not None and (self.step % c.image_log_every == 0 or self.step == c.max_steps):
                 self.log_reconstructions(clips)
-            if self.step % c.checkpoint_every == 0 or self.step == c.max_steps:
+            if self.step % c.checkpoint_every == 0 or self.step == end:
                 self.save_checkpoint()
         bar.close()
+        if self.step < c.max_steps:
+            acc.end_training()
+            return None
         return self._export()
 
     def _export(self) -> Path:
