@@ -39,12 +39,18 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Ten
     return (10 * torch.log10(data_range**2 / mse)).reshape(lead)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Normalised 2-D Gaussian ``(size, size)`` in float64."""
+def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Normalised 1-D Gaussian ``(size,)`` in float64; the 2-D window is its outer product."""
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(r**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+    return g / g.sum()
+
+
+def _window_mean(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Gaussian-weighted mean over every window fully inside ``(N, C, H, W)``, separably."""
+    c = x.shape[1]
+    x = F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
@@ -59,10 +65,10 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Ten
     if min(x.shape[-2:]) < 11:
         raise ValueError(f"SSIM needs frames of at least 11x11, got {tuple(x.shape[-2:])}")
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    window = _gaussian_window().expand(3, 1, 11, 11).to(x.device)
+    g = _gaussian().to(x.device)
     values = []
     for xs, ys in zip(x.split(8), y.split(8), strict=True):  # bounded memory on long clips
-        stats = F.conv2d(torch.cat([xs, ys, xs * xs, ys * ys, xs * ys]), window, groups=3)
+        stats = _window_mean(torch.cat([xs, ys, xs * xs, ys * ys, xs * ys]), g)
         mx, my, exx, eyy, exy = stats.chunk(5)
         vx, vy, cxy = exx - mx * mx, eyy - my * my, exy - mx * my
         s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
