@@ -15,10 +15,14 @@ The per-frame 2D convolution of each ResNet block always zero-pads, in both flav
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:  # the chunked-execution state; layers only call its methods
+    from ..inference.streaming import StreamState
 
 PADDING_MODES = ("zeros", "replicate")
 
@@ -68,6 +72,11 @@ def _pad_time_replicate(x: torch.Tensor, before: int, after: int) -> torch.Tenso
     return torch.cat(parts, dim=2)
 
 
+def _no_frames(x: torch.Tensor, channels: int, scale: int = 1) -> torch.Tensor:
+    """An empty clip (zero frames) as a layer would output it; chunked execution passes these."""
+    return x.new_empty(x.shape[0], channels, 0, x.shape[3] * scale, x.shape[4] * scale)
+
+
 class PaddedConv3d(nn.Conv3d):
     """A 3D convolution whose padding is given explicitly (see :class:`Padding`).
 
@@ -85,7 +94,7 @@ class PaddedConv3d(nn.Conv3d):
     ):
         l, r, t, b = padding.space
         space_in_conv = padding.space_mode == "zeros" and l == r == t == b
-        time_in_conv = padding.time_mode == "zeros" and padding.time[0] == padding.time[1]
+        time_in_conv = False  # time padding stays explicit so chunked execution can replace it
         conv_padding = (
             padding.time[0] if time_in_conv else 0,
             t if space_in_conv else 0,
@@ -102,17 +111,38 @@ class PaddedConv3d(nn.Conv3d):
         if self._pad_space and self._pad_time and spec.space_mode == spec.time_mode == "replicate":
             return F.pad(x, (*self._pad_space, *self._pad_time), mode="replicate")
         if self._pad_time:
-            before, after = self._pad_time
-            if spec.time_mode == "replicate":
-                x = _pad_time_replicate(x, before, after)
-            else:
-                x = F.pad(x, (0, 0, 0, 0, before, after))
-        if self._pad_space:
-            mode = "constant" if spec.space_mode == "zeros" else "replicate"
-            x = F.pad(x, self._pad_space, mode=mode)
-        return x
+            x = self.pad_time(x, *self._pad_time)
+        return self.pad_space(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pad_time(self, x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+        """Pad ``before``/``after`` frames in this conv's time mode."""
+        if not (before or after):
+            return x
+        if self.pad_spec.time_mode == "replicate":
+            return _pad_time_replicate(x, before, after)
+        return F.pad(x, (0, 0, 0, 0, before, after))
+
+    def pad_space(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._pad_space:
+            return x
+        if self.pad_spec.space_mode == "zeros":
+            return F.pad(x, self._pad_space)
+        return F.pad(x, (*self._pad_space, 0, 0), mode="replicate")
+
+    @property
+    def streams_time(self) -> bool:
+        """Whether chunked execution must carry frames between chunks for this conv."""
+        return self.kernel_size[0] > 1 or self.stride[0] > 1
+
+    def conv_valid_time(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution over frames that are already time-padded (space padded here)."""
+        if self.padding[0]:
+            raise RuntimeError("time padding done by the conv itself cannot be streamed")
+        return super().forward(self.pad_space(x))
+
+    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        if stream is not None and self.streams_time:
+            return stream.conv(self, x)
         return super().forward(self.pad(x))
 
 
@@ -133,7 +163,19 @@ class FrameConv2d(nn.Module):
             self.bias.copy_(reference.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] == 0:
+            return _no_frames(x, self.weight.shape[0])
         return F.conv3d(x, self.weight.unsqueeze(2), self.bias, padding=(0, 1, 1))
+
+
+class VideoGroupNorm(nn.GroupNorm):
+    """GroupNorm over channels-in-group x T x H x W; under chunked execution the statistics
+    come from the stream state (see :mod:`cvvae.inference.streaming`)."""
+
+    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        if stream is None:
+            return super().forward(x)
+        return stream.group_norm(self, x)
 
 
 class ResnetBlock(nn.Module):
@@ -152,20 +194,22 @@ class ResnetBlock(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        self.norm1 = nn.GroupNorm(norm_num_groups, in_channels, eps=norm_eps)
+        self.norm1 = VideoGroupNorm(norm_num_groups, in_channels, eps=norm_eps)
         self.conv1 = PaddedConv3d(in_channels, out_channels, 3, conv1_padding)
-        self.norm2 = nn.GroupNorm(norm_num_groups, out_channels, eps=norm_eps)
+        self.norm2 = VideoGroupNorm(norm_num_groups, out_channels, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = FrameConv2d(out_channels, out_channels)
         self.nin_shortcut = (
             nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x, stream)), stream)
+        h = self.conv2(self.dropout(F.silu(self.norm2(h, stream))))
         if self.nin_shortcut is not None:
-            x = self.nin_shortcut(x)
+            x = self.nin_shortcut(x) if x.shape[2] else _no_frames(x, self.nin_shortcut.out_channels)
+        if stream is not None:  # a non-causal conv1 lags behind: line the skip up with it
+            x = stream.delay(self, x, h.shape[2])
         return x + h
 
 
@@ -177,8 +221,8 @@ class Downsample(nn.Module):
         stride = (2, 2, 2) if time else (1, 2, 2)
         self.conv = PaddedConv3d(channels, channels, 3, downsample_padding(padding_mode), stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        return self.conv(x, stream)
 
 
 class Upsample(nn.Module):
@@ -192,15 +236,20 @@ class Upsample(nn.Module):
             channels, channels * self.time_factor, 3, upsample_padding(padding_mode)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
-        x = self.conv(x)
+    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        if x.shape[2] == 0:
+            x = _no_frames(x, x.shape[1], scale=2)
+        else:
+            x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
+        x = self.conv(x, stream)
         if self.time_factor == 1:
             return x
         b, c2, t, h, w = x.shape
         n = self.time_factor
         x = x.view(b, n, c2 // n, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // n, t * n, h, w)
-        return x[:, :, 1:]
+        if stream is None or stream.is_first_output(self, x):
+            x = x[:, :, 1:]
+        return x
 
 
 def _group_norm_per_frame(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
@@ -229,7 +278,7 @@ class MidAttention(nn.Module):
 
     def __init__(self, channels: int, norm_num_groups: int, norm_eps: float, temporal: bool):
         super().__init__()
-        self.norm = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps)
+        self.norm = VideoGroupNorm(norm_num_groups, channels, eps=norm_eps)
         self.q = nn.Linear(channels, channels)
         self.k = nn.Linear(channels, channels)
         self.v = nn.Linear(channels, channels)

@@ -7,13 +7,19 @@ the decoder mirrors it, doubling time at levels 1 and 3. With four levels a clip
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+if TYPE_CHECKING:
+    from ..inference.streaming import StreamState
+
 from .layers import (
     Downsample,
+    VideoGroupNorm,
     MidAttention,
     PaddedConv3d,
     ResnetBlock,
@@ -81,20 +87,30 @@ class Encoder(nn.Module):
                 )
             self.down.append(stage)
         self.mid = _MidBlock(channels, pad, norm_num_groups, norm_eps, dropout, mid_attention, False)
-        self.norm_out = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps)
+        self.norm_out = VideoGroupNorm(norm_num_groups, channels, eps=norm_eps)
         self.conv_out = PaddedConv3d(channels, 2 * latent_channels, 3, pad)
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        use_ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
-        x = self.conv_in(x)
+    def trunk(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        """Full-resolution part: ``(B, 3, T, H, W) -> (B, C_top, t, H/8, W/8)``; local in time
+        and space (all but its GroupNorm statistics), so it can run in chunks."""
+        use_ckpt = self.gradient_checkpointing and torch.is_grad_enabled() and stream is None
+        x = self.conv_in(x, stream)
         for stage in self.down:
             for block in stage.block:
-                x = _run(block, x, use_ckpt)
+                x = _run(block, x, use_ckpt) if stream is None else block(x, stream)
             if hasattr(stage, "downsample"):
-                x = stage.downsample(x)
+                x = stage.downsample(x, stream)
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent-resolution part (mid block with attention, output conv) on the whole clip."""
+        use_ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
         x = _run(self.mid, x, use_ckpt)
         return self.conv_out(F.silu(self.norm_out(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
 
 
 class Decoder(nn.Module):
@@ -122,17 +138,24 @@ class Decoder(nn.Module):
                 stage.upsample = Upsample(channels, decoder_level_doubles_time(level), padding_mode)
             stages.insert(0, stage)
         self.up = nn.ModuleList(stages)
-        self.norm_out = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps)
+        self.norm_out = VideoGroupNorm(norm_num_groups, channels, eps=norm_eps)
         self.conv_out = PaddedConv3d(channels, out_channels, 3, pad)
         self.gradient_checkpointing = False
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent-resolution part (input conv, mid block with attention) on the whole clip."""
         use_ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
-        x = self.conv_in(z)
-        x = _run(self.mid, x, use_ckpt)
+        return _run(self.mid, self.conv_in(z), use_ckpt)
+
+    def trunk(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        """Upsampling part to pixels, local in time and space, so it can run in chunks."""
+        use_ckpt = self.gradient_checkpointing and torch.is_grad_enabled() and stream is None
         for stage in reversed(self.up):
             for block in stage.block:
-                x = _run(block, x, use_ckpt)
+                x = _run(block, x, use_ckpt) if stream is None else block(x, stream)
             if hasattr(stage, "upsample"):
-                x = stage.upsample(x)
-        return self.conv_out(F.silu(self.norm_out(x)))
+                x = stage.upsample(x, stream)
+        return self.conv_out(F.silu(self.norm_out(x, stream)), stream)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.trunk(self.head(z))

@@ -1,0 +1,1 @@
+"""Memory-bounded inference: chunked streaming over time."""

@@ -1,0 +1,166 @@
+"""Chunked execution over time: the full-resolution trunks run a few frames at a time.
+
+Each temporal convolution keeps the input frames it has not consumed yet (its explicit cache)
+and pads only at the true ends of the clip, so chunking adds no recomputation and no causality
+restart: with the same GroupNorm statistics, a chunked pass equals the full pass for any chunk
+size. The latent-resolution heads (mid blocks with attention) run on the whole clip at once.
+
+What chunking cannot see is the clip-wide GroupNorm statistics of the trunk. ``stats`` picks
+how they are obtained:
+
+- ``"two_pass"``: a first chunked pass accumulates every norm's statistics over the whole clip
+  (each norm normalising with what it has seen so far), a second pass uses them frozen.
+- ``"running"``: one pass, each chunk normalised with the statistics of all frames seen so far.
+- ``"chunk"``: one pass, each chunk normalised with its own statistics (as the released code's
+  windows do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..models.layers import PaddedConv3d, VideoGroupNorm
+
+STATS_MODES = ("two_pass", "running", "chunk")
+
+
+class StreamState:
+    """Per-pass state of chunked execution: conv caches, skip delays, GroupNorm statistics.
+
+    ``stats_mode``: ``"running"``, ``"chunk"`` or ``"frozen"`` (use ``frozen_stats``).
+    Set ``final`` before feeding the last chunk so convolutions pad the end of the clip.
+    """
+
+    def __init__(self, stats_mode: str, frozen_stats: dict | None = None):
+        self.stats_mode = stats_mode
+        self.frozen_stats = frozen_stats or {}
+        self.totals: dict[nn.Module, list[torch.Tensor]] = {}
+        self.final = False
+        self._pending: dict[nn.Module, torch.Tensor] = {}
+        self._started: set[nn.Module] = set()
+
+    # -- temporal convolutions -----------------------------------------------------------
+    def conv(self, conv: PaddedConv3d, x: torch.Tensor) -> torch.Tensor:
+        """Run ``conv`` on the frames now available; keep the unconsumed ones for later."""
+        before, after = conv.pad_spec.time
+        if conv not in self._pending:
+            if x.shape[2] == 0:
+                return self._empty_output(conv, x)
+            x = conv.pad_time(x, before, 0)
+        else:
+            x = torch.cat([self._pending[conv], x], dim=2)
+        if self.final:
+            x = conv.pad_time(x, 0, after)
+        k, s = conv.kernel_size[0], conv.stride[0]
+        n = (x.shape[2] - k) // s + 1 if x.shape[2] >= k else 0
+        self._pending[conv] = x[:, :, n * s:]
+        if n == 0:
+            return self._empty_output(conv, x)
+        return conv.conv_valid_time(x[:, :, : (n - 1) * s + k])
+
+    @staticmethod
+    def _empty_output(conv: PaddedConv3d, x: torch.Tensor) -> torch.Tensor:
+        l, r, t, b = conv.pad_spec.space
+        h = (x.shape[3] + t + b - conv.kernel_size[1]) // conv.stride[1] + 1
+        w = (x.shape[4] + l + r - conv.kernel_size[2]) // conv.stride[2] + 1
+        return x.new_empty(x.shape[0], conv.out_channels, 0, h, w)
+
+    def delay(self, owner: nn.Module, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """The next ``frames`` frames of the stream ``x`` feeds for ``owner`` (a FIFO)."""
+        if owner in self._pending:
+            x = torch.cat([self._pending[owner], x], dim=2)
+        self._pending[owner] = x[:, :, frames:]
+        return x[:, :, :frames]
+
+    def is_first_output(self, owner: nn.Module, x: torch.Tensor) -> bool:
+        """True exactly once per ``owner``: on its first non-empty output."""
+        if owner in self._started or x.shape[2] == 0:
+            return False
+        self._started.add(owner)
+        return True
+
+    # -- GroupNorm statistics ------------------------------------------------------------
+    def group_norm(self, norm: VideoGroupNorm, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x`` with statistics chosen by ``stats_mode``; accumulate clip totals."""
+        if x.shape[2] == 0:
+            return x
+        b, c = x.shape[:2]
+        g = norm.num_groups
+        grouped = x.reshape(b, g, -1).double()
+        chunk = [grouped.sum(-1), grouped.square().sum(-1), torch.tensor(grouped.shape[-1], dtype=torch.float64)]
+        total = self.totals.get(norm)
+        total = chunk if total is None else [a + b_ for a, b_ in zip(total, chunk)]
+        self.totals[norm] = total
+        if self.stats_mode == "frozen":
+            mean, var = self.frozen_stats[norm]
+        else:
+            s, ss, n = chunk if self.stats_mode == "chunk" else total
+            mean, var = _moments(s, ss, n)
+        rstd = torch.rsqrt(var + norm.eps)
+        scale = norm.weight.double().view(1, g, c // g) * rstd.unsqueeze(-1)
+        shift = norm.bias.double().view(1, g, c // g) - mean.unsqueeze(-1) * scale
+        view = (b, c) + (1,) * (x.dim() - 2)
+        return torch.addcmul(shift.reshape(view).to(x.dtype), x, scale.reshape(view).to(x.dtype))
+
+    def clip_stats(self) -> dict:
+        """Per-norm ``(mean, var)`` of everything seen in this pass, ``(B, G)`` float64."""
+        return {norm: _moments(*t) for norm, t in self.totals.items()}
+
+
+def _moments(s: torch.Tensor, ss: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = s / n
+    return mean, (ss / n - mean.square()).clamp_min(0.0)
+
+
+def _run_chunks(trunk: Callable, chunks: list[torch.Tensor], state: StreamState) -> torch.Tensor:
+    outputs = []
+    for i, chunk in enumerate(chunks):
+        state.final = i == len(chunks) - 1
+        outputs.append(trunk(chunk, state))
+    return torch.cat(outputs, dim=2)
+
+
+def run_trunk(trunk: Callable, chunks: list[torch.Tensor], stats: str) -> torch.Tensor:
+    """Run ``trunk(chunk, state)`` over consecutive time chunks of one clip; concatenated output."""
+    if stats not in STATS_MODES:
+        raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
+    if stats != "two_pass":
+        return _run_chunks(trunk, chunks, StreamState(stats))
+    first = StreamState("running")
+    for i, chunk in enumerate(chunks):  # statistics only: outputs are dropped at once
+        first.final = i == len(chunks) - 1
+        trunk(chunk, first)
+    return _run_chunks(trunk, chunks, StreamState("frozen", first.clip_stats()))
+
+
+def split_encoder_input(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
+    """Split ``(B, C, 1 + 4k, H, W)`` into a first chunk of ``1 + n`` frames and then chunks of
+    ``n`` frames, ``n = chunk_frames`` rounded down to a multiple of 4 (at least 4)."""
+    n = max(4, chunk_frames // 4 * 4)
+    bounds = [0, 1 + n] + list(range(1 + 2 * n, x.shape[2], n))
+    bounds = [b for b in bounds if b < x.shape[2]] + [x.shape[2]]
+    return [x[:, :, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def split_time(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
+    """Split ``(B, C, t, h, w)`` into chunks of ``chunk_frames`` frames (the last may be shorter)."""
+    return list(torch.split(x, max(1, chunk_frames), dim=2))
+
+
+@torch.no_grad()
+def encode_moments(encoder: nn.Module, x: torch.Tensor, chunk_frames: int, stats: str) -> torch.Tensor:
+    """Encoder moments of ``(B, 3, 1 + 4k, H, W)`` with the trunk run ``chunk_frames`` at a time."""
+    h = run_trunk(encoder.trunk, split_encoder_input(x, chunk_frames), stats)
+    return encoder.head(h)
+
+
+@torch.no_grad()
+def decode_latents(decoder: nn.Module, z: torch.Tensor, chunk_latents: int, stats: str) -> torch.Tensor:
+    """Decoded video of latents ``(B, C, t, h, w)``, the trunk run ``chunk_latents`` latent
+    frames at a time."""
+    return run_trunk(decoder.trunk, split_time(decoder.head(z), chunk_latents), stats)
+
+
