@@ -14,7 +14,9 @@ def _save(root, step, config, keep=3, ranks=1):
     tmp = ckpt.begin_checkpoint(root, step)
     for rank in range(ranks):
         ckpt.write_rank_state(tmp, rank, {"rank": rank})
-    return ckpt.finish_checkpoint(tmp, {"step": step, "w": torch.full((64,), float(step))}, config, keep)
+    return ckpt.finish_checkpoint(
+        tmp, {"step": step, "w": torch.full((64,), float(step))}, config, keep
+    )
 
 
 def test_round_trip_with_config_and_rank_state(tmp_path):

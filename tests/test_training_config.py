@@ -12,8 +12,16 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_overrides_apply_with_yaml_types():
-    c = load_config(CONFIGS / "tiny.yaml", ["data.batch_size=3", "loss.psi=mean", "optim.lr=2e-4",
-                                             "data.video_shapes=[[17, 64]]", "model.gradient_checkpointing=true"])
+    c = load_config(
+        CONFIGS / "tiny.yaml",
+        [
+            "data.batch_size=3",
+            "loss.psi=mean",
+            "optim.lr=2e-4",
+            "data.video_shapes=[[17, 64]]",
+            "model.gradient_checkpointing=true",
+        ],
+    )
     assert c.data.batch_size == 3 and c.loss.psi == "mean" and c.optim.lr == 2e-4
     assert c.data.video_shapes == [[17, 64]] and c.model.gradient_checkpointing is True
 

@@ -11,7 +11,14 @@ import torch
 from cvvae.errors import UserInputError
 from cvvae.io import read_video, write_image, write_video
 from cvvae.training.config import DataConfig
-from cvvae.training.data import BatchPlan, ClipDataset, list_images, list_videos, make_loader, validation_keys
+from cvvae.training.data import (
+    BatchPlan,
+    ClipDataset,
+    list_images,
+    list_videos,
+    make_loader,
+    validation_keys,
+)
 
 SOURCE_VIDEOS = sorted(Path("/work/shared/data/videos").glob("*.mp4"))
 
@@ -35,8 +42,16 @@ def clips(tmp_path_factory):
 
 
 def _config(**changes):
-    base = dict(videos=["unused"], video_shapes=[[9, 32]], image_size=16, frame_stride=[1, 1],
-                resize_range=[1.0, 1.0], batch_size=2, num_workers=0, max_read_tries=4)
+    base = dict(
+        videos=["unused"],
+        video_shapes=[[9, 32]],
+        image_size=16,
+        frame_stride=[1, 1],
+        resize_range=[1.0, 1.0],
+        batch_size=2,
+        num_workers=0,
+        max_read_tries=4,
+    )
     base.update(changes)
     return DataConfig(**base)
 
@@ -46,7 +61,9 @@ def test_sources_from_folder_csv_and_jsonl(tmp_path, clips):
     (tmp_path / "list.csv").write_text("path,caption\n" + "".join(f"{p},x\n" for p in clips[:2]))
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "list.jsonl").write_text(json.dumps({"path": "../a.mp4"}) + "\n\n")
-    found = list_videos([str(folder), str(tmp_path / "list.csv"), str(tmp_path / "sub" / "list.jsonl")])
+    found = list_videos(
+        [str(folder), str(tmp_path / "list.csv"), str(tmp_path / "sub" / "list.jsonl")]
+    )
     assert found == clips + clips[:2] + [tmp_path / "sub" / ".." / "a.mp4"]
 
 
@@ -81,8 +98,11 @@ def test_clip_is_the_frames_at_the_drawn_stride(clips):
     matches = [
         (s, top, left)
         for s in range(full.shape[1] - 16)
-        for top in range(5) for left in range(33)
-        if torch.allclose(full[:, s : s + 17 : 2, top : top + 32, left : left + 32], clip, atol=1e-6)
+        for top in range(5)
+        for left in range(33)
+        if torch.allclose(
+            full[:, s : s + 17 : 2, top : top + 32, left : left + 32], clip, atol=1e-6
+        )
     ]
     assert len(matches) >= 1
 
@@ -113,8 +133,16 @@ def test_plan_is_resumable_and_sharded_across_ranks():
     full = BatchPlan(10, 0, config, seed=3)
     resumed = iter(BatchPlan(10, 0, config, seed=3, start=7))
     assert next(resumed) == full.batch(7)
-    rank0 = [k.index for b in range(50) for k in BatchPlan(10, 0, config, seed=3, rank=0, world=2).batch(b)]
-    rank1 = [k.index for b in range(50) for k in BatchPlan(10, 0, config, seed=3, rank=1, world=2).batch(b)]
+    rank0 = [
+        k.index
+        for b in range(50)
+        for k in BatchPlan(10, 0, config, seed=3, rank=0, world=2).batch(b)
+    ]
+    rank1 = [
+        k.index
+        for b in range(50)
+        for k in BatchPlan(10, 0, config, seed=3, rank=1, world=2).batch(b)
+    ]
     assert set(rank0) == {0, 2, 4, 6, 8} and set(rank1) == {1, 3, 5, 7, 9}
 
 

@@ -6,7 +6,12 @@ import torch
 from diffusers import AutoencoderKL
 
 from cvvae.errors import UserInputError
-from cvvae.training.discriminator import PatchDiscriminator3D, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
+from cvvae.training.discriminator import (
+    PatchDiscriminator3D,
+    adaptive_gan_weight,
+    hinge_d_loss,
+    hinge_g_loss,
+)
 from cvvae.training.latent_reg import LatentRegularization, frames_to_images, images_to_frames
 from cvvae.training.losses import KLLoss, L1Loss, PerceptualLoss, weighted_sum
 from cvvae.training.lpips import LPIPS, convert_lpips_weights, load_lpips, save_lpips_weights
@@ -48,7 +53,11 @@ def test_lpips_weights_round_trip_and_zero_on_identical(tmp_path):
 def test_lpips_converter_maps_torchvision_and_lpips_names():
     state = _random_lpips_state(1)
     conv_index = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-    vgg = {f"features.{n}.{k}": state[f"vgg.convs.{i}.{k}"] for i, n in enumerate(conv_index) for k in ("weight", "bias")}
+    vgg = {
+        f"features.{n}.{k}": state[f"vgg.convs.{i}.{k}"]
+        for i, n in enumerate(conv_index)
+        for k in ("weight", "bias")
+    }
     vgg["classifier.0.weight"] = torch.zeros(1)
     lin = {f"lin{k}.model.1.weight": state[f"lins.{k}.weight"] for k in range(5)}
     converted = convert_lpips_weights(vgg, lin)
@@ -60,6 +69,7 @@ def test_lpips_missing_or_wrong_file_is_user_error(tmp_path):
     with pytest.raises(UserInputError, match="not found"):
         load_lpips(tmp_path / "none.safetensors")
     from safetensors.torch import save_file
+
     save_file({"x": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(UserInputError, match="missing keys"):
         load_lpips(tmp_path / "bad.safetensors")
@@ -104,8 +114,14 @@ def test_adaptive_weight_is_gradient_norm_ratio_at_last_layer():
 
 def _image_vae():
     torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8,
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
 
 
 def test_frames_images_round_trip():
@@ -130,7 +146,9 @@ def test_decoder_reg_matches_per_frame_image_decoding_and_grads_reach_latents_on
     loss = reg.decoder_reg(latents, target)["decoder_reg"]
     with torch.no_grad():
         frames = [vae.decode(latents[:, :, t]).sample for t in range(3)]
-    expected = torch.stack([(f - target[:, :, t]).abs().mean() for t, f in enumerate(frames)]).mean()
+    expected = torch.stack(
+        [(f - target[:, :, t]).abs().mean() for t, f in enumerate(frames)]
+    ).mean()
     assert torch.allclose(loss, expected, atol=1e-6)
     loss.backward()
     assert latents.grad.abs().sum() > 0 and all(p.grad is None for p in vae.parameters())
@@ -143,7 +161,9 @@ def test_encoder_reg_encodes_psi_frames_with_the_image_encoder():
     latents = reg.encode_frames(reg.target(video, None))
     assert latents.shape == (2, 4, 2, 8, 8) and not latents.requires_grad
     with torch.no_grad():
-        assert torch.allclose(latents[:, :, 1], vae.encode(video[:, :, 1]).latent_dist.mode(), atol=1e-6)
+        assert torch.allclose(
+            latents[:, :, 1], vae.encode(video[:, :, 1]).latent_dist.mode(), atol=1e-6
+        )
     decoded = torch.zeros_like(video, requires_grad=True)
     loss = reg.encoder_reg(video, decoded)["encoder_reg"]
     assert torch.allclose(loss, (video**2).mean())

@@ -25,11 +25,25 @@ def clips(tmp_path_factory):
 
 
 def tiny(out: Path, clips: Path, *overrides: str):
-    return load_config(TINY, [
-        f"output_dir={out}", f"data.videos=[{clips}]", "data.video_shapes=[[5, 16]]", "data.batch_size=1",
-        "data.num_workers=0", "max_steps=4", "checkpoint_every=1", "keep_checkpoints=3", "log_every=1",
-        "image_log_every=2", "loss.gan_start=1", "loss.encoder_reg_weight=0.5", "loss.psi=random", *overrides,
-    ])
+    return load_config(
+        TINY,
+        [
+            f"output_dir={out}",
+            f"data.videos=[{clips}]",
+            "data.video_shapes=[[5, 16]]",
+            "data.batch_size=1",
+            "data.num_workers=0",
+            "max_steps=4",
+            "checkpoint_every=1",
+            "keep_checkpoints=3",
+            "log_every=1",
+            "image_log_every=2",
+            "loss.gan_start=1",
+            "loss.encoder_reg_weight=0.5",
+            "loss.psi=random",
+            *overrides,
+        ],
+    )
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -46,7 +60,11 @@ def test_resume_equals_uninterrupted_and_truncated_checkpoint_is_ignored(tmp_pat
     first = Trainer(tiny(tmp_path / "b", clips, "data.num_workers=1"))
     assert first.run(stop_after=3) is None
     root = tmp_path / "b" / "checkpoints"
-    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-00000001", "step-00000002", "step-00000003"]
+    assert [p.name for p in ckpt.list_checkpoints(root)] == [
+        "step-00000001",
+        "step-00000002",
+        "step-00000003",
+    ]
     state_file = root / "step-00000003" / ckpt.STATE
     state_file.write_bytes(state_file.read_bytes()[:1000])  # a checkpoint cut mid-write
 
@@ -56,8 +74,13 @@ def test_resume_equals_uninterrupted_and_truncated_checkpoint_is_ignored(tmp_pat
     for step in (3, 4):
         assert resumed.step_losses[step].keys() == full.step_losses[step].keys()
         for name, value in full.step_losses[step].items():
-            assert resumed.step_losses[step][name] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, name)
-    for (name, a), b in zip(full.vae.state_dict().items(), resumed.vae.state_dict().values(), strict=True):
+            assert resumed.step_losses[step][name] == pytest.approx(value, rel=1e-5, abs=1e-7), (
+                step,
+                name,
+            )
+    for (name, a), b in zip(
+        full.vae.state_dict().items(), resumed.vae.state_dict().values(), strict=True
+    ):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), name
     for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values(), strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -67,14 +90,28 @@ def test_export_and_tensorboard_logs(tmp_path, clips):
     trainer = Trainer(tiny(tmp_path, clips, "max_steps=2"))
     exported = trainer.run()
     model = CVVAE.from_pretrained(exported)
-    for (name, a), b in zip(trainer.ema.state_dict().items(), model.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        trainer.ema.state_dict().items(), model.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
     assert load_config(exported / "train_config.yaml") == trainer.config
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ("loss/l1", "loss/kl", "loss/decoder_reg", "loss/encoder_reg", "loss/gan", "loss/disc",
-                "loss/gan_weight", "lr/ae", "lr/disc", "grad_norm/ae", "grad_norm/disc",
-                "throughput/samples_per_s", "data/skipped_files"):
+    for tag in (
+        "loss/l1",
+        "loss/kl",
+        "loss/decoder_reg",
+        "loss/encoder_reg",
+        "loss/gan",
+        "loss/disc",
+        "loss/gan_weight",
+        "lr/ae",
+        "lr/disc",
+        "grad_norm/ae",
+        "grad_norm/disc",
+        "throughput/samples_per_s",
+        "data/skipped_files",
+    ):
         assert tag in tags, tag
     assert [e.step for e in events.Scalars("loss/l1")] == [1, 2]
     assert "val/reconstruction" in events.Tags()["images"]
@@ -101,9 +138,18 @@ def test_unreadable_video_is_skipped_counted_and_the_run_goes_on(tmp_path, clips
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"garbage" * 50)
     csv = tmp_path / "list.csv"
-    csv.write_text("path\n" + "".join(f"{p}\n" for p in [bad, *sorted(clips.glob('*.mp4'))]))
-    trainer = Trainer(tiny(tmp_path / "run", clips, f"data.videos=[{csv}]", "max_steps=6", "loss.gan_weight=0",
-                           "loss.encoder_reg_weight=0", "num_val_clips=0"))
+    csv.write_text("path\n" + "".join(f"{p}\n" for p in [bad, *sorted(clips.glob("*.mp4"))]))
+    trainer = Trainer(
+        tiny(
+            tmp_path / "run",
+            clips,
+            f"data.videos=[{csv}]",
+            "max_steps=6",
+            "loss.gan_weight=0",
+            "loss.encoder_reg_weight=0",
+            "num_val_clips=0",
+        )
+    )
     trainer.run()
     assert trainer.step == 6 and trainer.skipped >= 1
     assert "bad.mp4" in caplog.text
@@ -111,8 +157,19 @@ def test_unreadable_video_is_skipped_counted_and_the_run_goes_on(tmp_path, clips
 
 @pytest.mark.slow
 def test_tiny_run_overfits_real_clips(tmp_path, clips):
-    trainer = Trainer(tiny(tmp_path, clips, "data.video_shapes=[[9, 32]]", "max_steps=60", "checkpoint_every=60",
-                           "loss.gan_weight=0", "loss.encoder_reg_weight=0", "optim.lr=2e-3", "optim.warmup_steps=5"))
+    trainer = Trainer(
+        tiny(
+            tmp_path,
+            clips,
+            "data.video_shapes=[[9, 32]]",
+            "max_steps=60",
+            "checkpoint_every=60",
+            "loss.gan_weight=0",
+            "loss.encoder_reg_weight=0",
+            "optim.lr=2e-3",
+            "optim.warmup_steps=5",
+        )
+    )
     trainer.run()
     losses = trainer.step_losses
     early = [losses[s]["l1"] for s in (1, 2, 3)]

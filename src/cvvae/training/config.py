@@ -128,7 +128,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def load_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
     """Read a YAML config (or start from defaults when ``path`` is None), apply ``key=value``
     overrides (dotted keys, YAML values: ``data.batch_size=4``, ``loss.psi=mean``), validate."""
     raw: dict = {}
@@ -162,51 +164,77 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 def validate(config: TrainConfig) -> None:
     """Check values that types alone cannot; raise UserInputError naming the key."""
     m, d, lo, o = config.model, config.data, config.loss, config.optim
-    _require((m.image_vae is None) != (m.image_vae_init is None),
-             "model: set exactly one of image_vae (a folder) and image_vae_init (random init)")
+    _require(
+        (m.image_vae is None) != (m.image_vae_init is None),
+        "model: set exactly one of image_vae (a folder) and image_vae_init (random init)",
+    )
     _require(bool(d.videos) or bool(d.images), "data: give at least one of videos, images")
     _require(0.0 <= d.image_ratio <= 1.0, "data.image_ratio must be in [0, 1]")
     _require(d.image_ratio == 0.0 or bool(d.images), "data.image_ratio > 0 needs data.images")
     _require(d.image_ratio == 1.0 or bool(d.videos), "data.image_ratio < 1 needs data.videos")
     _require(len(d.video_shapes) > 0, "data.video_shapes must not be empty")
     for shape in d.video_shapes:
-        _require(len(shape) == 2 and shape[0] >= 1 and (shape[0] - 1) % 4 == 0,
-                 f"data.video_shapes entries are [frames, size] with frames = 1 + 4k: {shape}")
-        _require(shape[1] > 0 and shape[1] % 8 == 0,
-                 f"data.video_shapes size must be a positive multiple of 8: {shape}")
-    _require(d.image_size > 0 and d.image_size % 8 == 0,
-             "data.image_size must be a positive multiple of 8")
-    _require(len(d.frame_stride) == 2 and 1 <= d.frame_stride[0] <= d.frame_stride[1],
-             "data.frame_stride must be [min, max] with 1 <= min <= max")
-    _require(len(d.resize_range) == 2 and 1.0 <= d.resize_range[0] <= d.resize_range[1],
-             "data.resize_range must be [min, max] with 1 <= min <= max")
+        _require(
+            len(shape) == 2 and shape[0] >= 1 and (shape[0] - 1) % 4 == 0,
+            f"data.video_shapes entries are [frames, size] with frames = 1 + 4k: {shape}",
+        )
+        _require(
+            shape[1] > 0 and shape[1] % 8 == 0,
+            f"data.video_shapes size must be a positive multiple of 8: {shape}",
+        )
+    _require(
+        d.image_size > 0 and d.image_size % 8 == 0,
+        "data.image_size must be a positive multiple of 8",
+    )
+    _require(
+        len(d.frame_stride) == 2 and 1 <= d.frame_stride[0] <= d.frame_stride[1],
+        "data.frame_stride must be [min, max] with 1 <= min <= max",
+    )
+    _require(
+        len(d.resize_range) == 2 and 1.0 <= d.resize_range[0] <= d.resize_range[1],
+        "data.resize_range must be [min, max] with 1 <= min <= max",
+    )
     _require(d.batch_size >= 1, "data.batch_size must be >= 1")
     _require(d.num_workers >= 0, "data.num_workers must be >= 0")
     _require(d.max_read_tries >= 1, "data.max_read_tries must be >= 1")
     _require(lo.psi in PSI_MODES, f"loss.psi must be one of {PSI_MODES}, got {lo.psi!r}")
     _require(0 <= lo.psi_slice_offset <= 3, "loss.psi_slice_offset must be in 0..3")
     _require(lo.reg_distance in DISTANCES, f"loss.reg_distance must be one of {DISTANCES}")
-    for name in ("l1_weight", "kl_weight", "lpips_weight", "gan_weight",
-                 "decoder_reg_weight", "encoder_reg_weight"):
+    for name in (
+        "l1_weight",
+        "kl_weight",
+        "lpips_weight",
+        "gan_weight",
+        "decoder_reg_weight",
+        "encoder_reg_weight",
+    ):
         _require(getattr(lo, name) >= 0, f"loss.{name} must be >= 0")
     _require(lo.disc_layers >= 1 and lo.disc_channels >= 1, "loss.disc_layers/disc_channels >= 1")
-    _require(lo.disc_channels % lo.disc_norm_groups == 0,
-             "loss.disc_channels must be divisible by loss.disc_norm_groups")
+    _require(
+        lo.disc_channels % lo.disc_norm_groups == 0,
+        "loss.disc_channels must be divisible by loss.disc_norm_groups",
+    )
     _require(o.lr > 0 and o.disc_lr > 0, "optim.lr and optim.disc_lr must be > 0")
     _require(len(o.betas) == 2, "optim.betas must have two values")
     _require(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
     _require(0.0 <= o.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)")
     _require(o.warmup_steps >= 0 and o.grad_clip >= 0, "optim.warmup_steps/grad_clip must be >= 0")
-    _require(config.max_steps >= 1 and config.grad_accum >= 1,
-             "max_steps and grad_accum must be >= 1")
-    _require(config.mixed_precision in PRECISIONS,
-             f"mixed_precision must be one of {PRECISIONS}")
-    _require(config.checkpoint_every >= 1 and config.keep_checkpoints >= 1,
-             "checkpoint_every and keep_checkpoints must be >= 1")
-    _require(config.log_every >= 1 and config.image_log_every >= 1,
-             "log_every and image_log_every must be >= 1")
-    _require(config.num_val_clips >= 0 and config.max_nonfinite >= 0,
-             "num_val_clips and max_nonfinite must be >= 0")
+    _require(
+        config.max_steps >= 1 and config.grad_accum >= 1, "max_steps and grad_accum must be >= 1"
+    )
+    _require(config.mixed_precision in PRECISIONS, f"mixed_precision must be one of {PRECISIONS}")
+    _require(
+        config.checkpoint_every >= 1 and config.keep_checkpoints >= 1,
+        "checkpoint_every and keep_checkpoints must be >= 1",
+    )
+    _require(
+        config.log_every >= 1 and config.image_log_every >= 1,
+        "log_every and image_log_every must be >= 1",
+    )
+    _require(
+        config.num_val_clips >= 0 and config.max_nonfinite >= 0,
+        "num_val_clips and max_nonfinite must be >= 0",
+    )
 
 
 def _require(condition: bool, message: str) -> None:

@@ -44,7 +44,11 @@ def list_videos(sources: list[str]) -> list[Path]:
                     raise UserInputError(f"CSV video list needs a 'path' column: {path}")
                 found += [path.parent / row["path"] for row in reader]
         elif path.suffix.lower() == ".jsonl" and path.is_file():
-            found += [path.parent / _jsonl_path(line, path) for line in path.read_text().splitlines() if line.strip()]
+            found += [
+                path.parent / _jsonl_path(line, path)
+                for line in path.read_text().splitlines()
+                if line.strip()
+            ]
         else:
             raise UserInputError(f"video source must be a folder, .csv or .jsonl file: {path}")
     return found
@@ -107,9 +111,13 @@ class ClipDataset(Dataset):
                 return {"video": clip, "skipped": skipped}
             except UserInputError as err:
                 skipped.append(str(err))
-        raise UserInputError(f"no readable {key.kind} after {len(candidates)} tries; last: {skipped[-1]}")
+        raise UserInputError(
+            f"no readable {key.kind} after {len(candidates)} tries; last: {skipped[-1]}"
+        )
 
-    def _read_clip(self, path: Path, frames: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+    def _read_clip(
+        self, path: Path, frames: int, size: int, rng: np.random.Generator
+    ) -> torch.Tensor:
         """Random ``frames``-frame clip with a random stride, resized and randomly cropped."""
         _, info = read_video(path, num_frames=1)
         total = info.total_frames or frames
@@ -130,7 +138,10 @@ class ClipDataset(Dataset):
         """Image as a one-frame clip ``(3, 1, S, S)``, resized and randomly cropped."""
         image = read_image(path)
         scale = size * float(rng.uniform(*self.config.resize_range)) / min(image.shape[-2:])
-        cover = (max(size, round(image.shape[-2] * scale)), max(size, round(image.shape[-1] * scale)))
+        cover = (
+            max(size, round(image.shape[-2] * scale)),
+            max(size, round(image.shape[-1] * scale)),
+        )
         image = F.interpolate(image[None], size=cover, mode="bilinear", antialias=True)[0]
         return _random_crop(image[:, None], size, rng)
 
@@ -159,10 +170,20 @@ class BatchPlan:
     """
 
     def __init__(
-        self, num_videos: int, num_images: int, config: DataConfig, *, seed: int,
-        rank: int = 0, world: int = 1, start: int = 0,
+        self,
+        num_videos: int,
+        num_images: int,
+        config: DataConfig,
+        *,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        start: int = 0,
     ):
-        self.shards = {"video": _shard(num_videos, rank, world), "image": _shard(num_images, rank, world)}
+        self.shards = {
+            "video": _shard(num_videos, rank, world),
+            "image": _shard(num_images, rank, world),
+        }
         self.config, self.seed, self.rank, self.start = config, seed, rank, start
 
     def batch(self, b: int) -> list[SampleKey]:
@@ -174,7 +195,9 @@ class BatchPlan:
             kind, frames, size = "video", shape[0], shape[1]
         shard = self.shards[kind]
         return [
-            SampleKey(kind, int(shard[rng.integers(len(shard))]), frames, size, int(rng.integers(2**62)))
+            SampleKey(
+                kind, int(shard[rng.integers(len(shard))]), frames, size, int(rng.integers(2**62))
+            )
             for _ in range(self.config.batch_size)
         ]
 
@@ -204,7 +227,10 @@ def validation_keys(dataset: ClipDataset, count: int, seed: int) -> list[SampleK
 def make_loader(dataset: ClipDataset, plan: BatchPlan, num_workers: int) -> DataLoader:
     """DataLoader decoding the plan's batches in ``num_workers`` worker processes."""
     return DataLoader(
-        dataset, batch_sampler=plan, num_workers=num_workers, collate_fn=collate,
-        persistent_workers=False, prefetch_factor=2 if num_workers else None,
+        dataset,
+        batch_sampler=plan,
+        num_workers=num_workers,
+        collate_fn=collate,
+        persistent_workers=False,
+        prefetch_factor=2 if num_workers else None,
     )
-

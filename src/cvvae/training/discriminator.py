@@ -15,7 +15,9 @@ class PatchDiscriminator3D(nn.Module):
     block and a 1-channel output conv. Widths double per layer from ``channels`` up to 8x.
     """
 
-    def __init__(self, in_channels: int = 3, channels: int = 64, layers: int = 3, norm_groups: int = 32):
+    def __init__(
+        self, in_channels: int = 3, channels: int = 64, layers: int = 3, norm_groups: int = 32
+    ):
         super().__init__()
         blocks: list[nn.Module] = [
             nn.Conv3d(in_channels, channels, 3, stride=2, padding=1),

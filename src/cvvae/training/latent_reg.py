@@ -44,7 +44,11 @@ def psi_indices(
 
 
 def psi(
-    video: torch.Tensor, mode: str, *, slice_offset: int = 3, generator: torch.Generator | None = None
+    video: torch.Tensor,
+    mode: str,
+    *,
+    slice_offset: int = 3,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Map a clip ``(B, C, 1+4k, H, W)`` to latent time ``(B, C, 1+k, H, W)``."""
     if mode == "mean":

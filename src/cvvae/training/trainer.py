@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,7 +30,14 @@ from cvvae.models import CVVAE
 from cvvae.models.inflation import inflate_from_image_vae
 from cvvae.training import checkpoints as ckpt
 from cvvae.training.config import TrainConfig, config_to_dict, save_config
-from cvvae.training.data import BatchPlan, ClipDataset, list_images, list_videos, make_loader, validation_keys
+from cvvae.training.data import (
+    BatchPlan,
+    ClipDataset,
+    list_images,
+    list_videos,
+    make_loader,
+    validation_keys,
+)
 from cvvae.training.discriminator import PatchDiscriminator3D, adaptive_gan_weight, hinge_d_loss
 from cvvae.training.latent_reg import LatentRegularization
 from cvvae.training.losses import GeneratorLoss, KLLoss, L1Loss, PerceptualLoss, weighted_sum
@@ -93,7 +101,9 @@ class AutoencoderStep(nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator, extra_latents: torch.Tensor | None = None):
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator, extra_latents: torch.Tensor | None = None
+    ):
         posterior = self.vae.encode(x).latent_dist
         z = posterior.sample(generator)
         latents = z if extra_latents is None else torch.cat([z, extra_latents.to(z.dtype)])
@@ -109,8 +119,13 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.out = Path(config.output_dir)
+        # Accelerate treats torchrun's processes as one CPU job each unless told to use the CPU.
+        multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
         self.accelerator = Accelerator(
-            mixed_precision=config.mixed_precision, log_with="tensorboard", project_dir=str(self.out)
+            mixed_precision=config.mixed_precision,
+            log_with="tensorboard",
+            project_dir=str(self.out),
+            cpu=multi_cpu,
         )
         acc = self.accelerator
         lc, oc = config.loss, config.optim
@@ -123,7 +138,10 @@ class Trainer:
         self.ema = copy.deepcopy(vae).requires_grad_(False).eval().to(acc.device)
         disc = PatchDiscriminator3D(3, lc.disc_channels, lc.disc_layers, lc.disc_norm_groups)
         self.reg = LatentRegularization(
-            self.image_vae, psi_mode=lc.psi, slice_offset=lc.psi_slice_offset, distance_kind=lc.reg_distance
+            self.image_vae,
+            psi_mode=lc.psi,
+            slice_offset=lc.psi_slice_offset,
+            distance_kind=lc.reg_distance,
         )
         self.l1, self.kl, self.gan = L1Loss(), KLLoss(), GeneratorLoss()
         self.perceptual = None
@@ -132,18 +150,31 @@ class Trainer:
         elif lc.lpips_weight > 0 and acc.is_main_process:
             logger.warning("no LPIPS weights (loss.lpips_path): the perceptual loss is off")
         self.weights = {
-            "l1": lc.l1_weight, "kl": lc.kl_weight, "lpips": lc.lpips_weight,
-            "decoder_reg": lc.decoder_reg_weight, "encoder_reg": lc.encoder_reg_weight,
+            "l1": lc.l1_weight,
+            "kl": lc.kl_weight,
+            "lpips": lc.lpips_weight,
+            "decoder_reg": lc.decoder_reg_weight,
+            "encoder_reg": lc.encoder_reg_weight,
         }
         betas = tuple(oc.betas)
-        opt_ae = torch.optim.AdamW(vae.parameters(), oc.lr, betas=betas, eps=oc.eps, weight_decay=oc.weight_decay)
-        opt_disc = torch.optim.AdamW(disc.parameters(), oc.disc_lr, betas=betas, eps=oc.eps, weight_decay=oc.weight_decay)
-        disc_steps = max(1, config.max_steps - lc.gan_start)  # the discriminator's clock starts at gan_start
+        opt_ae = torch.optim.AdamW(
+            vae.parameters(), oc.lr, betas=betas, eps=oc.eps, weight_decay=oc.weight_decay
+        )
+        opt_disc = torch.optim.AdamW(
+            disc.parameters(), oc.disc_lr, betas=betas, eps=oc.eps, weight_decay=oc.weight_decay
+        )
+        disc_steps = max(
+            1, config.max_steps - lc.gan_start
+        )  # the discriminator's clock starts at gan_start
         self.sched_ae = torch.optim.lr_scheduler.LambdaLR(
-            opt_ae, lambda s: lr_factor(s, oc.warmup_steps, config.max_steps, oc.min_lr_ratio))
+            opt_ae, lambda s: lr_factor(s, oc.warmup_steps, config.max_steps, oc.min_lr_ratio)
+        )
         self.sched_disc = torch.optim.lr_scheduler.LambdaLR(
-            opt_disc, lambda s: lr_factor(s, oc.warmup_steps, disc_steps, oc.min_lr_ratio))
-        self.model, self.disc, self.opt_ae, self.opt_disc = acc.prepare(AutoencoderStep(vae), disc, opt_ae, opt_disc)
+            opt_disc, lambda s: lr_factor(s, oc.warmup_steps, disc_steps, oc.min_lr_ratio)
+        )
+        self.model, self.disc, self.opt_ae, self.opt_disc = acc.prepare(
+            AutoencoderStep(vae), disc, opt_ae, opt_disc
+        )
 
         videos, images = list_videos(config.data.videos), list_images(config.data.images)
         if config.data.image_ratio < 1 and not videos:
@@ -196,7 +227,11 @@ class Trainer:
         self.opt_disc.load_state_dict(state["opt_disc"])
         self.sched_ae.load_state_dict(state["sched_ae"])
         self.sched_disc.load_state_dict(state["sched_disc"])
-        self.step, self.nonfinite, self.skipped = state["step"], state["nonfinite"], state["skipped"]
+        self.step, self.nonfinite, self.skipped = (
+            state["step"],
+            state["nonfinite"],
+            state["skipped"],
+        )
         if rank_state is not None:
             ckpt.restore_rng(rank_state)
         logger.info("resumed from %s at step %d", path, self.step)
@@ -218,10 +253,15 @@ class Trainer:
     def _generator(self, micro: int) -> torch.Generator:
         g = torch.Generator(self.accelerator.device)
         c = self.config
-        g.manual_seed(((c.seed * 1_000_003 + self.accelerator.process_index) * 1_000_003 + self.step) * 64 + micro)
+        g.manual_seed(
+            ((c.seed * 1_000_003 + self.accelerator.process_index) * 1_000_003 + self.step) * 64
+            + micro
+        )
         return g
 
-    def _ae_losses(self, x: torch.Tensor, g: torch.Generator, gan_on: bool) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    def _ae_losses(
+        self, x: torch.Tensor, g: torch.Generator, gan_on: bool
+    ) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """Autoencoder loss of one micro-batch: ``(total, {term: value}, detached x_hat)``."""
         lc, acc = self.config.loss, self.accelerator
         target = self.reg.target(x, g)
@@ -241,7 +281,9 @@ class Trainer:
                 terms.update(self.gan(disc, x_hat))
                 d_weight = torch.tensor(1.0, device=x.device)
                 if lc.adaptive_gan_weight:
-                    nll = weighted_sum({k: terms[k] for k in ("l1", "lpips") if k in terms}, self.weights)
+                    nll = weighted_sum(
+                        {k: terms[k] for k in ("l1", "lpips") if k in terms}, self.weights
+                    )
                     d_weight = adaptive_gan_weight(nll, terms["gan"], self.vae.decoder_last_layer())
                 terms["gan_weight"] = d_weight
                 total = total + lc.gan_weight * d_weight * terms["gan"]
@@ -284,7 +326,9 @@ class Trainer:
             self.opt_disc.zero_grad(set_to_none=True)
             self._advance()
             self.nonfinite += 1
-            logger.warning("step %d: non-finite loss, step skipped (%d so far)", self.step, self.nonfinite)
+            logger.warning(
+                "step %d: non-finite loss, step skipped (%d so far)", self.step, self.nonfinite
+            )
             if self.nonfinite > c.max_nonfinite:
                 raise NonFiniteLossError(
                     f"{self.nonfinite} steps had non-finite losses (limit optim max_nonfinite="
@@ -313,17 +357,25 @@ class Trainer:
         for message in messages:
             if message not in self.seen_skipped:
                 self.seen_skipped.add(message)
-                logger.warning("skipped unreadable data (%d skipped so far): %s", self.skipped, message)
+                logger.warning(
+                    "skipped unreadable data (%d skipped so far): %s", self.skipped, message
+                )
 
     # ------------------------------------------------------------------ logging
     def _log(self, sums: dict[str, float], samples_per_s: float) -> None:
         values = {f"loss/{k}": v for k, v in sums.items() if not k.startswith("grad_norm")}
-        values.update({f"grad_norm/{k[10:]}": v for k, v in sums.items() if k.startswith("grad_norm")})
-        values.update({
-            "lr/ae": self.sched_ae.get_last_lr()[0], "lr/disc": self.sched_disc.get_last_lr()[0],
-            "throughput/samples_per_s": samples_per_s,
-            "data/skipped_files": self.skipped, "train/nonfinite_steps": self.nonfinite,
-        })
+        values.update(
+            {f"grad_norm/{k[10:]}": v for k, v in sums.items() if k.startswith("grad_norm")}
+        )
+        values.update(
+            {
+                "lr/ae": self.sched_ae.get_last_lr()[0],
+                "lr/disc": self.sched_disc.get_last_lr()[0],
+                "throughput/samples_per_s": samples_per_s,
+                "data/skipped_files": self.skipped,
+                "train/nonfinite_steps": self.nonfinite,
+            }
+        )
         self.accelerator.log(values, step=self.step)
 
     @torch.no_grad()
@@ -331,7 +383,11 @@ class Trainer:
         """Input (top) and EMA reconstruction (bottom) of the fixed clips, all frames side by side."""
         x = clips.to(self.accelerator.device)
         x_hat = self.ema(x).sample.clamp(-1, 1)
-        rows = [torch.cat(list(v.float().unbind(1)), dim=-1) for pair in zip(x, x_hat, strict=True) for v in pair]
+        rows = [
+            torch.cat(list(v.float().unbind(1)), dim=-1)
+            for pair in zip(x, x_hat, strict=True)
+            for v in pair
+        ]
         grid = (torch.cat(rows, dim=-2) + 1) / 2
         writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
         writer.add_image("val/reconstruction", grid.cpu(), self.step)
@@ -347,27 +403,55 @@ class Trainer:
             save_config(c, self.out / "config.yaml")
         acc.init_trackers("tensorboard", config=_flat(config_to_dict(c)))
         plan = BatchPlan(
-            len(self.dataset.files["video"]), len(self.dataset.files["image"]), c.data, seed=c.seed,
-            rank=acc.process_index, world=acc.num_processes, start=self.step * c.grad_accum,
+            len(self.dataset.files["video"]),
+            len(self.dataset.files["image"]),
+            c.data,
+            seed=c.seed,
+            rank=acc.process_index,
+            world=acc.num_processes,
+            start=self.step * c.grad_accum,
         )
         batches = iter(make_loader(self.dataset, plan, c.data.num_workers))
         clips = None
         if acc.is_main_process and c.num_val_clips:
-            clips = torch.stack([self.dataset[k]["video"] for k in validation_keys(self.dataset, c.num_val_clips, c.seed)])
-        bar = tqdm(total=c.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="train")
+            clips = torch.stack(
+                [
+                    self.dataset[k]["video"]
+                    for k in validation_keys(self.dataset, c.num_val_clips, c.seed)
+                ]
+            )
+        bar = tqdm(
+            total=c.max_steps,
+            initial=self.step,
+            disable=not acc.is_local_main_process,
+            desc="train",
+        )
         tick, tick_step = time.perf_counter(), self.step
         while self.step < end:
             sums = self.train_step(batches)
             bar.update(1)
             if sums is not None:
                 self.step_losses[self.step] = sums
-                bar.set_postfix({k: f"{sums[k]:.4f}" for k in ("l1", "decoder_reg", "encoder_reg", "gan") if k in sums})
+                bar.set_postfix(
+                    {
+                        k: f"{sums[k]:.4f}"
+                        for k in ("l1", "decoder_reg", "encoder_reg", "gan")
+                        if k in sums
+                    }
+                )
                 if self.step % c.log_every == 0:
                     now = time.perf_counter()
-                    samples = (self.step - tick_step) * c.grad_accum * c.data.batch_size * acc.num_processes
+                    samples = (
+                        (self.step - tick_step)
+                        * c.grad_accum
+                        * c.data.batch_size
+                        * acc.num_processes
+                    )
                     self._log(sums, samples / max(now - tick, 1e-9))
                     tick, tick_step = now, self.step
-            if clips is not None and (self.step % c.image_log_every == 0 or self.step == c.max_steps):
+            if clips is not None and (
+                self.step % c.image_log_every == 0 or self.step == c.max_steps
+            ):
                 self.log_reconstructions(clips)
             if self.step % c.checkpoint_every == 0 or self.step == end:
                 self.save_checkpoint()
@@ -399,5 +483,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}/"))
         else:
-            out[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+            out[f"{prefix}{key}"] = (
+                value if isinstance(value, int | float | str | bool) else str(value)
+            )
     return out
