@@ -1,0 +1,65 @@
+"""The ``cvvae`` command line: the only package that prints and touches user files.
+
+Every problem the user can fix ends as one stderr line ``cvvae: error: <problem>: <file>`` and
+exit code 2, with no traceback and no partial output file. Each module adds its subcommands
+through ``register(sub)``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from diffusers.utils import logging as diffusers_logging
+
+from cvvae.cli import codec
+from cvvae.cli.common import Formatter, Parser
+from cvvae.errors import UserInputError
+
+COMMAND_MODULES = (codec,)
+
+MAIN_DESCRIPTION = """\
+Encode and decode videos and images with a CV-VAE compatible video VAE (arXiv 2405.20279).
+
+Videos (anything FFmpeg reads) and images (.png, .jpg, .jpeg, .bmp, .webp, .tif) are read into
+RGB in [-1, 1]. Videos are written as H.264 (.mp4/.mov/.mkv) at the input's frame rate; images as
+PNG or JPEG by extension. Any frame count and size work: the model pads internally and crops back.
+Outputs appear only when complete. Errors print one line and exit with code 2.
+"""
+
+EXAMPLES = """\
+examples:
+  cvvae reconstruct clip.mp4 recon.mp4 --model vae3d --frames 33 --height 256 --width 256
+  cvvae encode clip.mp4 clip.safetensors --model vae3d
+  cvvae decode clip.safetensors decoded.mp4 --model vae3d
+  cvvae info vae3d
+"""
+
+
+def build_parser() -> Parser:
+    """The ``cvvae`` parser; each subcommand stores its function in ``args.run``."""
+    parser = Parser(
+        prog="cvvae", description=MAIN_DESCRIPTION, epilog=EXAMPLES, formatter_class=Formatter
+    )
+    sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
+    diffusers_logging.set_verbosity_error()  # its warnings are not for CLI users
+    try:
+        args = build_parser().parse_args(argv)
+        args.run(args)
+    except UserInputError as error:
+        print(f"cvvae: error: {str(error).replace(chr(10), ' ')}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cvvae: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from cvvae.cli import main
+
+sys.exit(main())

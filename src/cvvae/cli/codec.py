@@ -1,0 +1,382 @@
+"""Commands that run a model on files: reconstruct, encode, decode, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from cvvae.cli.common import (
+    DTYPES,
+    Formatter,
+    add_model_options,
+    load_model,
+    model_folder,
+    non_negative,
+    positive,
+    resolve_device,
+    stages,
+)
+from cvvae.errors import UserInputError
+from cvvae.evaluation import clip_mean, psnr, ssim
+from cvvae.io import (
+    VIDEO_WRITE_EXTENSIONS,
+    atomic_path,
+    is_image_path,
+    read_image,
+    read_video,
+    write_image,
+    write_video,
+)
+from cvvae.models import CVVAE
+
+LATENTS_FORMAT = "cvvae-latents"
+
+
+# ---------------------------------------------------------------------------- inputs and outputs
+@dataclass
+class Clip:
+    """An input read from disk: ``pixels`` is a video ``(3, T, H, W)`` (``rate`` set) or an image
+    ``(3, H, W)`` (``rate`` None), in [-1, 1]."""
+
+    pixels: torch.Tensor
+    rate: Fraction | None
+
+    @property
+    def is_image(self) -> bool:
+        return self.rate is None
+
+
+def _clip_size(args: argparse.Namespace) -> tuple[int, int] | None:
+    if (args.height is None) != (args.width is None):
+        raise UserInputError("--height and --width must be given together")
+    return None if args.height is None else (args.height, args.width)
+
+
+def _read_clip(path: Path, args: argparse.Namespace) -> Clip:
+    """Read ``path`` as an image (by extension) or a video, with the clip options in ``args``.
+
+    A video read with ``--stride k`` keeps its playback speed: its rate becomes source rate / k.
+    """
+    size = _clip_size(args)
+    if is_image_path(path):
+        if args.frames is not None or args.start != 0 or args.stride != 1:
+            raise UserInputError(f"--frames, --start and --stride apply to videos only: {path}")
+        return Clip(read_image(path, size=size), None)
+    video, info = read_video(path, args.start, args.frames, args.stride, size)
+    if not info.rate:
+        raise UserInputError(f"video has no frame rate: {path}")
+    return Clip(video, info.rate / args.stride)
+
+
+def _check_output(path: Path, is_image: bool) -> None:
+    """Fail before any work if ``path`` cannot take an image / a video."""
+    if is_image and not is_image_path(path):
+        raise UserInputError(
+            f"the input is an image, so the output needs an image extension: {path}"
+        )
+    if not is_image and path.suffix.lower() not in VIDEO_WRITE_EXTENSIONS:
+        raise UserInputError(
+            f"the input is a video, so the output must end in .mp4, .mov or .mkv: {path}"
+        )
+    if not path.parent.is_dir():
+        raise UserInputError(f"output folder does not exist: {path}")
+
+
+def _write_clip(path: Path, clip: Clip) -> None:
+    if clip.is_image:
+        write_image(path, clip.pixels)
+    else:
+        write_video(path, clip.pixels, clip.rate)
+
+
+def _describe(clip: Clip) -> str:
+    *_, h, w = clip.pixels.shape
+    if clip.is_image:
+        return f"image {w}x{h}"
+    return f"{clip.pixels.shape[1]} frames {w}x{h} at {float(clip.rate):.3f} fps"
+
+
+@torch.inference_mode()
+def _encode(
+    model: CVVAE, clip: Clip, device: torch.device, sample: bool, seed: int
+) -> torch.Tensor:
+    """Latents of one clip, float32 on the CPU: ``(C, t, h, w)`` or ``(C, h, w)`` for an image."""
+    x = clip.pixels[None].to(device, model.dtype)
+    posterior = model.encode(x).latent_dist
+    if sample:
+        z = posterior.sample(torch.Generator(device).manual_seed(seed))
+    else:
+        z = posterior.mean
+    return z[0].float().cpu()
+
+
+@torch.inference_mode()
+def _decode(
+    model: CVVAE, z: torch.Tensor, frames: int | None, height: int, width: int, device
+) -> torch.Tensor:
+    """Pixels ``(3, T, H, W)`` or ``(3, H, W)`` in [-1, 1], float32 on the CPU."""
+    x = model.decode(z[None].to(device, model.dtype), num_frames=frames, height=height, width=width)
+    return x.sample[0].float().cpu().clamp(-1, 1)
+
+
+# ---------------------------------------------------------------------------- latents files
+def _latents_metadata(
+    folder: Path, model: CVVAE, clip: Clip, sample: bool, seed: int, source: Path
+) -> dict[str, str]:
+    *_, height, width = clip.pixels.shape
+    meta = {
+        "format": LATENTS_FORMAT,
+        "kind": "image" if clip.is_image else "video",
+        "source": str(source),
+        "model": str(folder),
+        "latent_channels": str(model.config.latent_channels),
+        "scaling_factor": repr(float(model.config.scaling_factor)),
+        "shift_factor": repr(model.config.shift_factor),
+        "latents_scaled": "false",
+        "posterior": "sample" if sample else "mean",
+        "seed": str(seed) if sample else "",
+        "height": str(height),
+        "width": str(width),
+    }
+    if not clip.is_image:
+        meta["frames"] = str(clip.pixels.shape[1])
+        meta["fps"] = str(clip.rate)
+    return meta
+
+
+def _read_latents(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
+    """Latents and metadata written by ``cvvae encode``; UserInputError if it is anything else."""
+    if not path.is_file():
+        raise UserInputError(f"file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != LATENTS_FORMAT or "latents" not in f.keys():
+                raise UserInputError(f"not a latents file written by cvvae encode: {path}")
+            z = f.get_tensor("latents")
+    except UserInputError:
+        raise
+    except Exception:  # safetensors raises several exception types for damaged files
+        raise UserInputError(f"not a readable safetensors file: {path}") from None
+    try:
+        int(meta["height"]), int(meta["width"])
+        if meta["kind"] == "video":
+            int(meta["frames"]), Fraction(meta["fps"])
+    except (KeyError, ValueError, ZeroDivisionError):
+        raise UserInputError(f"latents file has incomplete metadata: {path}") from None
+    return z, meta
+
+
+def _check_latents_fit(z: torch.Tensor, meta: dict[str, str], model: CVVAE, path: Path) -> None:
+    channels = model.config.latent_channels
+    expected_dims = 3 if meta["kind"] == "image" else 4
+    if z.ndim != expected_dims:
+        raise UserInputError(
+            f"latents have {z.ndim} dims, expected {expected_dims} for a {meta['kind']}: {path}"
+        )
+    if z.shape[0] != channels:
+        raise UserInputError(
+            f"latents have {z.shape[0]} channels but the model expects {channels}: {path}"
+        )
+    frames = int(meta.get("frames", 1))
+    t, h, w = model.latent_shape(frames, int(meta["height"]), int(meta["width"]))
+    expected = (channels, h, w) if meta["kind"] == "image" else (channels, t, h, w)
+    if tuple(z.shape) != expected:
+        raise UserInputError(
+            f"latents shape {tuple(z.shape)} does not fit the recorded size (expected {expected}): {path}"
+        )
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    """Encode and decode IN with the posterior mean, write OUT, print PSNR/SSIM."""
+    folder, device = model_folder(args), resolve_device(args.device)
+    _check_output(args.output, is_image_path(args.input))
+    with stages(4) as stage:
+        with stage("reading"):
+            clip = _read_clip(args.input, args)
+            model = load_model(folder, device, DTYPES[args.dtype])
+        with stage("encoding"):
+            z = _encode(model, clip, device, sample=False, seed=0)
+        with stage("decoding"):
+            *_, height, width = clip.pixels.shape
+            frames = None if clip.is_image else clip.pixels.shape[1]
+            recon = Clip(_decode(model, z, frames, height, width, device), clip.rate)
+        with stage("writing"):
+            _write_clip(args.output, recon)
+    print(f"reconstructed {_describe(clip)} with {folder}")
+    print(
+        f"{_quality_line(clip.pixels, recon.pixels)} (model output vs input, before file encoding)"
+    )
+    print(f"wrote {args.output}")
+
+
+def _quality_line(x: torch.Tensor, y: torch.Tensor) -> str:
+    p = clip_mean(psnr(x, y)).item()
+    if min(x.shape[-2:]) < 11:
+        return f"PSNR {p:.2f} dB, SSIM n/a (frames smaller than 11x11)"
+    return f"PSNR {p:.2f} dB, SSIM {clip_mean(ssim(x, y)).item():.4f}"
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    """Write the latents of IN (unscaled, posterior mean or a seeded sample) to OUT.safetensors."""
+    folder, device = model_folder(args), resolve_device(args.device)
+    if args.output.suffix != ".safetensors":
+        raise UserInputError(f"the output must end in .safetensors: {args.output}")
+    if not args.output.parent.is_dir():
+        raise UserInputError(f"output folder does not exist: {args.output}")
+    with stages(3) as stage:
+        with stage("reading"):
+            clip = _read_clip(args.input, args)
+            model = load_model(folder, device, DTYPES[args.dtype])
+        with stage("encoding"):
+            z = _encode(model, clip, device, args.sample, args.seed)
+        with stage("writing"):
+            meta = _latents_metadata(folder, model, clip, args.sample, args.seed, args.input)
+            with atomic_path(args.output) as tmp:
+                save_file({"latents": z.contiguous()}, str(tmp), metadata=meta)
+    print(f"encoded {_describe(clip)} to latents {tuple(z.shape)} (unscaled) with {folder}")
+    print(f"wrote {args.output}")
+
+
+def cmd_decode(args: argparse.Namespace) -> None:
+    """Decode latents written by ``cvvae encode`` back to the original frame count and size."""
+    folder, device = model_folder(args), resolve_device(args.device)
+    z, meta = _read_latents(args.input)
+    is_image = meta["kind"] == "image"
+    _check_output(args.output, is_image)
+    with stages(3) as stage:
+        with stage("loading"):
+            model = load_model(folder, device, DTYPES[args.dtype])
+            _check_latents_fit(z, meta, model, args.input)
+            if meta.get("latents_scaled") == "true":
+                z = model.unscale_latents(z)
+        with stage("decoding"):
+            frames = None if is_image else int(meta["frames"])
+            pixels = _decode(model, z, frames, int(meta["height"]), int(meta["width"]), device)
+            clip = Clip(pixels, None if is_image else Fraction(meta["fps"]))
+        with stage("writing"):
+            _write_clip(args.output, clip)
+    print(f"decoded {_describe(clip)} with {folder}")
+    print(f"wrote {args.output}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    """Print a model's config, parameter counts, compression factors and latent channels."""
+    model = load_model(args.model, torch.device("cpu"), None)
+    counts = {"encoder": 0, "decoder": 0, "other": 0}
+    for name, param in model.named_parameters():
+        part = name.split(".", 1)[0]
+        counts[part if part in counts else "other"] += param.numel()
+    total = sum(counts.values())
+    config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    print(f"model: {args.model}")
+    print(f"latent channels: {model.config.latent_channels}")
+    print(
+        f"compression: {model.temporal_compression}x time, "
+        f"{model.spatial_compression}x{model.spatial_compression} space"
+    )
+    print(
+        f"scaling factor: {model.config.scaling_factor}, shift factor: {model.config.shift_factor}"
+    )
+    parts = [f"{k} {v:,}" for k, v in counts.items() if v or k != "other"]
+    print(f"parameters: {', '.join(parts)}, total {total:,}")
+    print("config: " + json.dumps(config, indent=2))
+
+
+def _add_clip_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("clip options (the input is read with these)")
+    g.add_argument(
+        "--height",
+        type=positive,
+        help="resize to cover HEIGHTxWIDTH keeping aspect, then center-crop",
+    )
+    g.add_argument("--width", type=positive, help="see --height; both or neither")
+    g.add_argument(
+        "--frames", type=positive, help="read at most this many frames (default: to the end)"
+    )
+    g.add_argument("--start", type=non_negative, default=0, help="first frame to read (0-based)")
+    g.add_argument(
+        "--stride",
+        type=positive,
+        default=1,
+        help="read every k-th frame; the frame rate becomes source fps / k, so speed is kept",
+    )
+
+
+def register(sub) -> None:
+    """Add reconstruct, encode, decode and info to the subcommand set ``sub``."""
+    p = sub.add_parser(
+        "reconstruct",
+        formatter_class=Formatter,
+        help="encode + decode a video or image, print PSNR/SSIM",
+        description="Encode IN with the posterior mean, decode it, write OUT (a video at the input's frame "
+        "rate, or an image), and print the mean per-frame PSNR and SSIM of the model output\n"
+        "against the input frames (after the clip options, before OUT's lossy encoding).",
+    )
+    p.add_argument("input", type=Path, metavar="IN", help="input video or image")
+    p.add_argument(
+        "output",
+        type=Path,
+        metavar="OUT",
+        help="output video (.mp4/.mov/.mkv) or image (.png/.jpg)",
+    )
+    add_model_options(p)
+    _add_clip_options(p)
+    p.set_defaults(run=cmd_reconstruct)
+
+    p = sub.add_parser(
+        "encode",
+        formatter_class=Formatter,
+        help="write the latents of a video or image to .safetensors",
+        description="Encode IN and write its latents to OUT.safetensors as tensor 'latents' (C, t, h, w) "
+        "(or (C, h, w)\nfor an image), float32. The latents are raw, NOT multiplied by the scaling "
+        "factor (metadata\nlatents_scaled=false); scale them as (z - shift_factor) * scaling_factor for "
+        "diffusion. The\nmetadata also records the model, source, fps and the original frames/height/width, "
+        "so that\n'cvvae decode' restores them.",
+    )
+    p.add_argument("input", type=Path, metavar="IN", help="input video or image")
+    p.add_argument("output", type=Path, metavar="OUT", help="output latents file (.safetensors)")
+    add_model_options(p)
+    p.add_argument(
+        "--sample", action="store_true", help="sample the posterior instead of taking its mean"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed for --sample")
+    _add_clip_options(p)
+    p.set_defaults(run=cmd_encode)
+
+    p = sub.add_parser(
+        "decode",
+        formatter_class=Formatter,
+        help="decode a latents file from 'cvvae encode'",
+        description="Decode a latents file written by 'cvvae encode' to OUT, restoring the original frame "
+        "count,\nsize and frame rate from its metadata. The model must have the latents' channel count.",
+    )
+    p.add_argument(
+        "input", type=Path, metavar="IN", help="latents file (.safetensors) from 'cvvae encode'"
+    )
+    p.add_argument(
+        "output",
+        type=Path,
+        metavar="OUT",
+        help="output video (.mp4/.mov/.mkv) or image (.png/.jpg)",
+    )
+    add_model_options(p)
+    p.set_defaults(run=cmd_decode)
+
+    p = sub.add_parser(
+        "info",
+        formatter_class=Formatter,
+        help="show a model's config, size and compression",
+        description="Print a model's latent channels, compression factors (time, space), scaling factor,\n"
+        "parameter counts (encoder, decoder, total) and full config.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL", help="model folder")
+    p.set_defaults(run=cmd_info)
