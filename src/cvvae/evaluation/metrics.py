@@ -1,7 +1,7 @@
-"""Per-frame reconstruction metrics: PSNR and SSIM on tensors in [-1, 1].
+"""Per-frame reconstruction metrics: PSNR, SSIM and LPIPS on tensors in [-1, 1].
 
 Inputs are ``(3, H, W)`` (an image), ``(3, T, H, W)`` (a video) or ``(B, 3, T, H, W)``; the two
-inputs must have equal shapes. Both metrics return one value per frame, shaped ``()``, ``(T,)`` or
+inputs must have equal shapes. All metrics return one value per frame, shaped ``()``, ``(T,)`` or
 ``(B, T)``, computed in float64. The clip score used in reports is the mean of the per-frame
 values (:func:`clip_mean`).
 """
@@ -82,3 +82,18 @@ def clip_mean(values: torch.Tensor) -> torch.Tensor:
     A 0-d (image) value is returned as is.
     """
     return values if values.ndim == 0 else values.mean(dim=-1)
+
+
+@torch.no_grad()
+def lpips_per_frame(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-frame LPIPS distance with ``model`` (a :class:`cvvae.training.lpips.LPIPS`), float64.
+
+    Shapes as for :func:`psnr`. Frames run in batches of 8 in float32 on the model's device.
+    """
+    x, y, lead = _frames(x, y)
+    device = next(model.parameters()).device
+    values = [
+        model(xs.float().to(device), ys.float().to(device)).double().cpu()
+        for xs, ys in zip(x.split(8), y.split(8), strict=True)
+    ]
+    return torch.cat(values).reshape(lead)
