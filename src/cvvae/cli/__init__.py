@@ -11,11 +11,11 @@ import sys
 
 from diffusers.utils import logging as diffusers_logging
 
-from cvvae.cli import codec
+from cvvae.cli import codec, dataset
 from cvvae.cli.common import Formatter, Parser
 from cvvae.errors import UserInputError
 
-COMMAND_MODULES = (codec,)
+COMMAND_MODULES = (codec, dataset)
 
 MAIN_DESCRIPTION = """\
 Encode and decode videos and images with a CV-VAE compatible video VAE (arXiv 2405.20279).
