@@ -11,11 +11,11 @@ import sys
 
 from diffusers.utils import logging as diffusers_logging
 
-from cvvae.cli import codec, dataset
+from cvvae.cli import codec, dataset, evaluate
 from cvvae.cli.common import Formatter, Parser
 from cvvae.errors import UserInputError
 
-COMMAND_MODULES = (codec, dataset)
+COMMAND_MODULES = (codec, dataset, evaluate)
 
 MAIN_DESCRIPTION = """\
 Encode and decode videos and images with a CV-VAE compatible video VAE (arXiv 2405.20279).

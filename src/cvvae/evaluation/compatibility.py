@@ -72,7 +72,9 @@ def relative_error(z: torch.Tensor, reference: torch.Tensor) -> float:
     return ((z - reference).norm() / reference.norm()).item()
 
 
-def image_latent_error(image_vae: AutoencoderKL, image: torch.Tensor, latent: torch.Tensor) -> float:
+def image_latent_error(
+    image_vae: AutoencoderKL, image: torch.Tensor, latent: torch.Tensor
+) -> float:
     """Image mode: ``latent`` ``(z, h, w)``, the video VAE's latent of ``image`` ``(3, H, W)``,
     against the image VAE's latent of it (:func:`relative_error`)."""
     return relative_error(latent, image_latents(image_vae, image[:, None])[:, 0])
