@@ -131,8 +131,12 @@ def cmd_encode_dataset(args: argparse.Namespace) -> None:
     shards = ShardWriter(args.output, rank, args.clips_per_shard)
     started = time.perf_counter()
     with tqdm(
-        total=len(todo), desc=f"rank {rank}", unit="clip", position=local_rank,
-        disable=None, file=sys.stderr,
+        total=len(todo),
+        desc=f"rank {rank}",
+        unit="clip",
+        position=local_rank,
+        disable=None,
+        file=sys.stderr,
     ) as bar:
         for source in todo:
             row = _encode_source(source, args, model, device, shards, rank)

@@ -6,7 +6,6 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
@@ -57,4 +56,3 @@ class LatentDataset(Dataset):
             "height": row["height"],
             "width": row["width"],
         }
-

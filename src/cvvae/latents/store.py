@@ -55,7 +55,9 @@ def read_settings(root: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
-        raise UserInputError(f"not a latent dataset folder (no readable {SETTINGS_NAME}): {root}") from None
+        raise UserInputError(
+            f"not a latent dataset folder (no readable {SETTINGS_NAME}): {root}"
+        ) from None
 
 
 def read_manifest(root: str | os.PathLike) -> list[dict]:
