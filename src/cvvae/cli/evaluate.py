@@ -116,7 +116,7 @@ def _load_image_vae(folder: Path, device: torch.device, dtype: torch.dtype) -> A
 
 def _video_paths(args: argparse.Namespace) -> list[Path]:
     if args.video_list is None:
-        paths = list(args.videos)
+        paths = list(args.videos or [])
     else:
         if not args.video_list.is_file():
             raise UserInputError(f"file not found: {args.video_list}")
@@ -245,7 +245,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     options = dict(baselines=args.baselines, lpips=lpips)
 
-    out.mkdir(exist_ok=True)
     grid_frame = default_grid_frame(args.frames) if args.grid_frame is None else args.grid_frame
     segments, video_results, image_results, grid = [], [], [], None
     total = len(videos) * args.segments + len(images)
@@ -280,6 +279,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     data = report_data(
         protocol, segments, video_results, [str(p) for p in images], image_results, environment
     )
+    out.mkdir(exist_ok=True)
     written = write_report(out, data, grid)
     _print_summary(data)
     for path in written:
