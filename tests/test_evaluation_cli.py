@@ -17,8 +17,11 @@ from cvvae.training.lpips import LPIPS, save_lpips_weights
 def tiny_image_vae(latent_channels: int = 4) -> AutoencoderKL:
     torch.manual_seed(0)
     return AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
-        latent_channels=latent_channels, down_block_types=("DownEncoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
     ).eval()
 
@@ -59,13 +62,29 @@ TOY = ["--frames", "5", "--height", "32", "--width", "32"]
 def test_evaluate_writes_json_table_and_plots(tmp_path, capsys, files):
     out = tmp_path / "report"
     code, stdout, err = run(
-        capsys, "evaluate", "--model", f"m={files['inflated']}", "--image-vae", files["image_vae"],
-        "--baselines", "--video-list", files["list"], "--images", files["images"],
-        "--segments", "3", "--out", out, *TOY,
+        capsys,
+        "evaluate",
+        "--model",
+        f"m={files['inflated']}",
+        "--image-vae",
+        files["image_vae"],
+        "--baselines",
+        "--video-list",
+        files["list"],
+        "--images",
+        files["images"],
+        "--segments",
+        "3",
+        "--out",
+        out,
+        *TOY,
     )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
-        "grid.png", "psnr_per_frame.png", "results.json", "results.md"
+        "grid.png",
+        "psnr_per_frame.png",
+        "results.json",
+        "results.md",
     ]
     assert f"wrote {out / 'results.json'}" in stdout
 
@@ -86,7 +105,10 @@ def test_evaluate_writes_json_table_and_plots(tmp_path, capsys, files):
     assert clips[0]["methods"]["m"]["clip"]["psnr"] == pytest.approx(sum(frames["psnr"]) / 5)
     summary = data["videos"]["summary"]
     assert {n: summary["methods"][n]["latent_frames"] for n in names} == {
-        "m": 2, "image-vae-per-frame": 5, "uniform-repeat": 2, "uniform-linear": 2
+        "m": 2,
+        "image-vae-per-frame": 5,
+        "uniform-repeat": 2,
+        "uniform-linear": 2,
     }
     assert len(summary["methods"]["m"]["psnr_per_frame"]) == 5
     compat = summary["compatibility"]["m"]
@@ -113,8 +135,18 @@ def test_evaluate_writes_json_table_and_plots(tmp_path, capsys, files):
 def test_evaluate_images_only_without_image_vae(tmp_path, capsys, files):
     out = tmp_path / "images_only"
     code, stdout, err = run(
-        capsys, "evaluate", "--model", files["inflated"], "--images", files["images"],
-        "--out", out, "--height", "32", "--width", "32",
+        capsys,
+        "evaluate",
+        "--model",
+        files["inflated"],
+        "--images",
+        files["images"],
+        "--out",
+        out,
+        "--height",
+        "32",
+        "--width",
+        "32",
     )
     assert code == 0, err
     data = json.loads((out / "results.json").read_text())
@@ -130,13 +162,29 @@ def test_lpips_weights_add_the_lpips_metric(tmp_path, capsys, files):
     save_lpips_weights(LPIPS().state_dict(), lpips)
     out = tmp_path / "with_lpips"
     code, _, err = run(
-        capsys, "evaluate", "--model", f"m={files['inflated']}", "--image-vae", files["image_vae"],
-        "--baselines", "--images", files["images"], "--lpips-weights", lpips, "--out", out,
-        "--height", "32", "--width", "32",
+        capsys,
+        "evaluate",
+        "--model",
+        f"m={files['inflated']}",
+        "--image-vae",
+        files["image_vae"],
+        "--baselines",
+        "--images",
+        files["images"],
+        "--lpips-weights",
+        lpips,
+        "--out",
+        out,
+        "--height",
+        "32",
+        "--width",
+        "32",
     )
     assert code == 0, err
     data = json.loads((out / "results.json").read_text())
-    assert data["protocol"]["lpips"].startswith(str(lpips)) and "sha256" in data["protocol"]["lpips"]
+    assert (
+        data["protocol"]["lpips"].startswith(str(lpips)) and "sha256" in data["protocol"]["lpips"]
+    )
     methods = data["images"]["summary"]["methods"]
     assert methods["m"]["lpips"] == pytest.approx(methods["image-vae"]["lpips"], abs=1e-4)
     assert "| `m` |" in (out / "results.md").read_text()
@@ -167,8 +215,17 @@ def test_user_errors_are_one_line_and_write_nothing(tmp_path, capsys, files, ext
 def test_image_vae_with_other_latent_channels_is_refused(tmp_path, capsys, files):
     tiny_image_vae(latent_channels=8).save_pretrained(tmp_path / "vae8")
     code, _, err = run(
-        capsys, "evaluate", "--model", files["inflated"], "--image-vae", tmp_path / "vae8",
-        "--videos", files["clip"], "--out", tmp_path / "out", *TOY,
+        capsys,
+        "evaluate",
+        "--model",
+        files["inflated"],
+        "--image-vae",
+        tmp_path / "vae8",
+        "--videos",
+        files["clip"],
+        "--out",
+        tmp_path / "out",
+        *TOY,
     )
     assert code == 2 and "does not fit the image VAE" in err and "channels differ" in err
     assert not (tmp_path / "out").exists()

@@ -7,10 +7,12 @@ from diffusers import AutoencoderKL
 from cvvae import CVVAE, inflate_from_image_vae
 from cvvae.evaluation import (
     PSI_MODES,
+    Compatibility,
     FrameScores,
     baseline_reconstructions,
     evaluate_image,
     evaluate_video,
+    image_vae_on_psi,
     latent_compatibility,
     lpips_per_frame,
     relative_error,
@@ -27,8 +29,11 @@ TOL = 1e-4  # float32 round-off through the two networks (as in test_inflation.p
 def image_vae() -> AutoencoderKL:
     torch.manual_seed(0)
     return AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
-        latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
     ).eval()
 
@@ -48,14 +53,17 @@ def test_inflated_model_on_a_static_clip_is_as_compatible_as_the_image_vae(
     image_vae, inflated, static_clip
 ):
     z = video_latents(inflated, static_clip)
-    result = latent_compatibility(image_vae, static_clip, z)
+    reference = image_vae_on_psi(image_vae, static_clip)
+    result = latent_compatibility(image_vae, static_clip, z, reference)
     assert set(result) == set(PSI_MODES)
     own = image_reconstruct(image_vae, static_clip[:, :3])  # 3 latent frames, all the same frame
     for mode, c in result.items():
         assert c.decoded.psnr.shape == (3,), mode
         torch.testing.assert_close(c.decoded.psnr, c.image_vae.psnr, rtol=0, atol=1e-3)
         torch.testing.assert_close(c.decoded.ssim, c.image_vae.ssim, rtol=0, atol=1e-5)
-        expected = 10 * torch.log10(4 / (own.double() - static_clip[:, :3].double()).pow(2).mean((0, 2, 3)))
+        expected = 10 * torch.log10(
+            4 / (own.double() - static_clip[:, :3].double()).pow(2).mean((0, 2, 3))
+        )
         torch.testing.assert_close(c.image_vae.psnr, expected, rtol=0, atol=1e-3)
 
 
@@ -95,13 +103,18 @@ def test_evaluate_video_scores_every_method(image_vae, inflated, static_clip):
     result = evaluate_video(static_clip, {"m": inflated}, image_vae, baselines=True)
     names = ["m", "image-vae-per-frame", "uniform-repeat", "uniform-linear"]
     assert list(result.scores) == names
-    assert result.latent_frames == {"m": 3, "image-vae-per-frame": 9, "uniform-repeat": 3,
-                                    "uniform-linear": 3}
+    assert result.latent_frames == {
+        "m": 3,
+        "image-vae-per-frame": 9,
+        "uniform-repeat": 3,
+        "uniform-linear": 3,
+    }
     for name in names:
         assert result.scores[name].psnr.shape == (9,) and result.scores[name].lpips is None
     # a static clip: every method reconstructs the same frame the image VAE does
-    torch.testing.assert_close(result.scores["m"].psnr, result.scores["uniform-linear"].psnr,
-                               rtol=0, atol=1e-3)
+    torch.testing.assert_close(
+        result.scores["m"].psnr, result.scores["uniform-linear"].psnr, rtol=0, atol=1e-3
+    )
     with pytest.raises(ValueError, match="image VAE"):
         evaluate_video(static_clip, {"m": inflated}, None, baselines=True)
 
@@ -121,12 +134,14 @@ def test_lpips_is_scored_for_every_method_and_latent_frame(image_vae, inflated):
 
 def test_summary_averages_frames_then_clips():
     def clip(psnr_values, gap):
-        scores = FrameScores(torch.tensor(psnr_values, dtype=torch.float64),
-                             torch.full((3,), 0.5, dtype=torch.float64))
+        scores = FrameScores(
+            torch.tensor(psnr_values, dtype=torch.float64),
+            torch.full((3,), 0.5, dtype=torch.float64),
+        )
         own = FrameScores(scores.psnr + gap, scores.ssim)
-        from cvvae.evaluation import Compatibility
-        return VideoResult({"m": scores}, {"m": 2}, {}, {"m": {"slice": Compatibility(scores, own)}},
-                           {"m": 0.25})
+        return VideoResult(
+            {"m": scores}, {"m": 2}, {}, {"m": {"slice": Compatibility(scores, own)}}, {"m": 0.25}
+        )
 
     summary = summarize_videos([clip([10.0, 20.0, 30.0], 1.0), clip([20.0, 20.0, 20.0], 3.0)])
     m = summary["methods"]["m"]

@@ -13,6 +13,7 @@ from cvvae.evaluation.compatibility import (
     Compatibility,
     first_frame_latent_error,
     image_latent_error,
+    image_vae_on_psi,
     latent_compatibility,
     relative_error,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "frame_scores",
     "grid_figure",
     "image_latent_error",
+    "image_vae_on_psi",
     "keyframe_indices",
     "latent_compatibility",
     "lpips_per_frame",

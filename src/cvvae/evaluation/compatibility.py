@@ -44,26 +44,40 @@ def check_pair(model: CVVAE, image_vae: AutoencoderKL) -> None:
         raise ValueError(f"latent channels differ: video VAE {ours}, image VAE {theirs}")
 
 
+def image_vae_on_psi(
+    image_vae: AutoencoderKL, clip: torch.Tensor, lpips: torch.nn.Module | None = None
+) -> dict[str, FrameScores]:
+    """The image VAE's own round trip of ``psi(clip)``, scored against ``psi(clip)``, per mode in
+    :data:`PSI_MODES`: the reference for :func:`latent_compatibility` (the same for every video
+    VAE, so computed once per clip). ``clip`` ``(3, 1+4k, H, W)``; scores ``(1 + k,)``."""
+    out = {}
+    for mode in PSI_MODES:
+        target = psi(clip[None], mode)[0]
+        out[mode] = frame_scores(target, image_reconstruct(image_vae, target), lpips)
+    return out
+
+
 def latent_compatibility(
     image_vae: AutoencoderKL,
     clip: torch.Tensor,
     latents: torch.Tensor,
+    reference: dict[str, FrameScores],
     lpips: torch.nn.Module | None = None,
 ) -> dict[str, Compatibility]:
     """Decoder-side compatibility for each mode in :data:`PSI_MODES`.
 
     ``clip`` ``(3, 1+4k, H, W)``; ``latents`` ``(z, 1+k, h, w)``: the video VAE's posterior mean
-    of ``clip`` (:func:`cvvae.evaluation.codecs.video_latents`).
+    of ``clip`` (:func:`cvvae.evaluation.codecs.video_latents`); ``reference``: what
+    :func:`image_vae_on_psi` gives for ``clip``.
     """
     decoded = image_decode(image_vae, latents)
-    out = {}
-    for mode in PSI_MODES:
-        target = psi(clip[None], mode)[0]
-        out[mode] = Compatibility(
-            decoded=frame_scores(target, decoded, lpips),
-            image_vae=frame_scores(target, image_reconstruct(image_vae, target), lpips),
+    return {
+        mode: Compatibility(
+            decoded=frame_scores(psi(clip[None], mode)[0], decoded, lpips),
+            image_vae=reference[mode],
         )
-    return out
+        for mode in PSI_MODES
+    }
 
 
 def relative_error(z: torch.Tensor, reference: torch.Tensor) -> float:

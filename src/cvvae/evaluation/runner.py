@@ -21,6 +21,7 @@ from cvvae.evaluation.compatibility import (
     check_pair,
     first_frame_latent_error,
     image_latent_error,
+    image_vae_on_psi,
     latent_compatibility,
 )
 from cvvae.evaluation.scores import FrameScores, frame_scores
@@ -75,12 +76,13 @@ def evaluate_video(
     _check_inputs(models, image_vae, baselines)
     num_frames, size = clip.shape[1], tuple(clip.shape[-2:])
     result = VideoResult({}, {}, {}, {}, {})
+    reference = None if image_vae is None else image_vae_on_psi(image_vae, clip, lpips)
     for name, model in models.items():
         z = video_latents(model, clip)
         result.reconstructions[name] = video_decode(model, z, num_frames, size)
         result.latent_frames[name] = z.shape[1]
         if image_vae is not None:
-            result.compatibility[name] = latent_compatibility(image_vae, clip, z, lpips)
+            result.compatibility[name] = latent_compatibility(image_vae, clip, z, reference, lpips)
             result.first_frame_error[name] = first_frame_latent_error(image_vae, clip, z)
     if baselines:
         for name, (recon, latent_frames) in baseline_reconstructions(image_vae, clip).items():
