@@ -11,11 +11,11 @@ import sys
 
 from diffusers.utils import logging as diffusers_logging
 
-from cvvae.cli import codec, dataset, evaluate
+from cvvae.cli import codec, dataset, evaluate, train
 from cvvae.cli.common import Formatter, Parser
 from cvvae.errors import UserInputError
 
-COMMAND_MODULES = (codec, dataset, evaluate)
+COMMAND_MODULES = (codec, train, dataset, evaluate)
 
 MAIN_DESCRIPTION = """\
 Encode and decode videos and images with a CV-VAE compatible video VAE (arXiv 2405.20279).

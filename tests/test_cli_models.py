@@ -1,0 +1,36 @@
+"""`cvvae inflate` from the command line."""
+
+import torch
+from diffusers import AutoencoderKL
+
+from cvvae import CVVAE
+from cvvae.cli import main
+
+
+def _image_vae(folder):
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
+        latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    ).save_pretrained(folder)
+
+
+def test_inflate_writes_a_loadable_model(tmp_path):
+    _image_vae(tmp_path / "image_vae")
+    assert main(["inflate", "--image-vae", str(tmp_path / "image_vae"), str(tmp_path / "video_vae")]) == 0
+    model = CVVAE.from_pretrained(tmp_path / "video_vae")
+    assert model.config.latent_channels == 4
+    assert model.config.use_post_quant_conv
+
+
+def test_inflate_errors_exit_2_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "video_vae"
+    assert main(["inflate", "--image-vae", str(tmp_path / "missing"), str(out)]) == 2
+    assert "missing" in capsys.readouterr().err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{}")
+    assert main(["inflate", "--image-vae", str(tmp_path / "bad"), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cvvae: error:") and "bad" in err and "\n" not in err
+    assert not out.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
