@@ -56,7 +56,7 @@ class StreamState:
             x = conv.pad_time(x, 0, after)
         k, s = conv.kernel_size[0], conv.stride[0]
         n = (x.shape[2] - k) // s + 1 if x.shape[2] >= k else 0
-        self._pending[conv] = x[:, :, n * s:]
+        self._pending[conv] = x[:, :, n * s:].clone()  # a copy: a view would pin the whole chunk
         if n == 0:
             return self._empty_output(conv, x)
         return conv.conv_valid_time(x[:, :, : (n - 1) * s + k])
@@ -72,7 +72,7 @@ class StreamState:
         """The next ``frames`` frames of the stream ``x`` feeds for ``owner`` (a FIFO)."""
         if owner in self._pending:
             x = torch.cat([self._pending[owner], x], dim=2)
-        self._pending[owner] = x[:, :, frames:]
+        self._pending[owner] = x[:, :, frames:].clone()
         return x[:, :, :frames]
 
     def is_first_output(self, owner: nn.Module, x: torch.Tensor) -> bool:
@@ -115,25 +115,36 @@ def _moments(s: torch.Tensor, ss: torch.Tensor, n: torch.Tensor) -> tuple[torch.
     return mean, (ss / n - mean.square()).clamp_min(0.0)
 
 
-def _run_chunks(trunk: Callable, chunks: list[torch.Tensor], state: StreamState) -> torch.Tensor:
-    outputs = []
+def _run_chunks(
+    trunk: Callable, chunks: list[torch.Tensor], state: StreamState, out_frames: int | None
+) -> torch.Tensor | None:
+    """Feed ``chunks`` in order; write outputs into one preallocated ``out_frames`` clip, or
+    drop them when ``out_frames`` is None (a statistics-only pass)."""
+    out, filled = None, 0
     for i, chunk in enumerate(chunks):
         state.final = i == len(chunks) - 1
-        outputs.append(trunk(chunk, state))
-    return torch.cat(outputs, dim=2)
+        y = trunk(chunk, state)
+        if out_frames is None:
+            continue
+        if out is None:
+            out = y.new_empty(*y.shape[:2], out_frames, *y.shape[3:])
+        out[:, :, filled : filled + y.shape[2]] = y
+        filled += y.shape[2]
+    if out_frames is not None and filled != out_frames:
+        raise RuntimeError(f"chunked pass produced {filled} frames, expected {out_frames}")
+    return out
 
 
-def run_trunk(trunk: Callable, chunks: list[torch.Tensor], stats: str) -> torch.Tensor:
-    """Run ``trunk(chunk, state)`` over consecutive time chunks of one clip; concatenated output."""
+def run_trunk(trunk: Callable, chunks: list[torch.Tensor], stats: str, out_frames: int) -> torch.Tensor:
+    """Run ``trunk(chunk, state)`` over consecutive time chunks of one clip; the output clip
+    has ``out_frames`` frames."""
     if stats not in STATS_MODES:
         raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
     if stats != "two_pass":
-        return _run_chunks(trunk, chunks, StreamState(stats))
+        return _run_chunks(trunk, chunks, StreamState(stats), out_frames)
     first = StreamState("running")
-    for i, chunk in enumerate(chunks):  # statistics only: outputs are dropped at once
-        first.final = i == len(chunks) - 1
-        trunk(chunk, first)
-    return _run_chunks(trunk, chunks, StreamState("frozen", first.clip_stats()))
+    _run_chunks(trunk, chunks, first, None)
+    return _run_chunks(trunk, chunks, StreamState("frozen", first.clip_stats()), out_frames)
 
 
 def split_encoder_input(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
@@ -153,7 +164,8 @@ def split_time(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
 @torch.no_grad()
 def encode_moments(encoder: nn.Module, x: torch.Tensor, chunk_frames: int, stats: str) -> torch.Tensor:
     """Encoder moments of ``(B, 3, 1 + 4k, H, W)`` with the trunk run ``chunk_frames`` at a time."""
-    h = run_trunk(encoder.trunk, split_encoder_input(x, chunk_frames), stats)
+    latent_frames = 1 + (x.shape[2] - 1) // 4
+    h = run_trunk(encoder.trunk, split_encoder_input(x, chunk_frames), stats, latent_frames)
     return encoder.head(h)
 
 
@@ -161,6 +173,7 @@ def encode_moments(encoder: nn.Module, x: torch.Tensor, chunk_frames: int, stats
 def decode_latents(decoder: nn.Module, z: torch.Tensor, chunk_latents: int, stats: str) -> torch.Tensor:
     """Decoded video of latents ``(B, C, t, h, w)``, the trunk run ``chunk_latents`` latent
     frames at a time."""
-    return run_trunk(decoder.trunk, split_time(decoder.head(z), chunk_latents), stats)
+    frames = 1 + 4 * (z.shape[2] - 1)
+    return run_trunk(decoder.trunk, split_time(decoder.head(z), chunk_latents), stats, frames)
 
 

@@ -22,6 +22,9 @@ from diffusers.utils import BaseOutput
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserInputError
+from ..inference.planner import ChunkPlan, plan_for_budget
+from ..inference.precision import check_finite
+from ..inference.streaming import decode_latents, encode_moments
 from .checkpoint import LAYOUTS, config_from_released, from_layout, to_layout
 from .distributions import DiagonalGaussian
 from .layers import PADDING_MODES
@@ -109,6 +112,8 @@ class CVVAE(ModelMixin, ConfigMixin):
         self.post_quant_conv = (
             torch.nn.Conv3d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
         )
+        self._chunk_plan: ChunkPlan | None = None
+        self._memory_budget: tuple[float, str] | None = None
 
     temporal_compression = 4
     spatial_compression = 8
@@ -149,6 +154,40 @@ class CVVAE(ModelMixin, ConfigMixin):
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pad_t, -1, -1)], dim=2)
         return x
 
+    # ----------------------------------------------------------------- runtime settings
+    def enable_tiling(
+        self, encode_frames: int = 16, decode_latents: int = 4, stats: str = "two_pass"
+    ) -> None:
+        """Run the full-resolution parts in time chunks (expert settings; never saved).
+
+        ``encode_frames`` video frames (a multiple of 4) per encoder chunk, ``decode_latents``
+        latent frames per decoder chunk; ``stats`` is how clip-wide GroupNorm statistics are
+        obtained (``"two_pass"``, ``"running"`` or ``"chunk"``, see
+        :mod:`cvvae.inference.streaming`). Memory then grows with the chunk, not the clip.
+        """
+        self._chunk_plan = ChunkPlan(encode_frames, decode_latents, stats)
+        self._memory_budget = None
+
+    def set_memory_budget(self, gib: float, stats: str = "two_pass") -> None:
+        """Pick chunk sizes per call so the estimated peak stays under ``gib`` GiB (logged)."""
+        if gib <= 0:
+            raise ValueError(f"memory budget must be positive, got {gib}")
+        self._memory_budget = (gib, stats)
+        self._chunk_plan = None
+
+    def disable_tiling(self) -> None:
+        """Back to one full pass over the clip (exact, memory grows with the clip)."""
+        self._chunk_plan = None
+        self._memory_budget = None
+
+    def _plan(self, frames: int, height: int, width: int) -> ChunkPlan | None:
+        if self._memory_budget is None:
+            return self._chunk_plan
+        gib, stats = self._memory_budget
+        channels = self.config.block_out_channels
+        return plan_for_budget(gib * 2**30, frames, height, width, channels[0], channels[-1],
+                               self.dtype.itemsize, stats)
+
     # ----------------------------------------------------------------- encode / decode
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """Encode ``(B, 3, T, H, W)`` (or an image ``(B, 3, H, W)``) to a posterior over latents
@@ -156,8 +195,14 @@ class CVVAE(ModelMixin, ConfigMixin):
         if x.dim() not in (4, 5):
             raise ValueError(f"expected (B, 3, T, H, W) or (B, 3, H, W), got shape {tuple(x.shape)}")
         image = x.dim() == 4
-        video = x.unsqueeze(2) if image else x
-        moments = self.encoder(self._pad_input(video))
+        video = self._pad_input(x.unsqueeze(2) if image else x)
+        plan = None if image else self._plan(*video.shape[2:])
+        if plan is None:
+            moments = self.encoder(video)
+        else:
+            moments = encode_moments(self.encoder, video, plan.encode_frames, plan.stats)
+        if not torch.is_grad_enabled():
+            check_finite(moments, self.encoder, lambda: self.encoder(video), "encoder")
         posterior = DiagonalGaussian(moments.squeeze(2) if image else moments)
         return EncoderOutput(latent_dist=posterior) if return_dict else (posterior,)
 
@@ -180,7 +225,15 @@ class CVVAE(ModelMixin, ConfigMixin):
         z = z.unsqueeze(2) if image else z
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        x = self.decoder(z)
+        t, h, w = z.shape[2:]
+        plan = None if image else self._plan(1 + (t - 1) * self.temporal_compression,
+                                            h * self.spatial_compression, w * self.spatial_compression)
+        if plan is None:
+            x = self.decoder(z)
+        else:
+            x = decode_latents(self.decoder, z, plan.decode_latents, plan.stats)
+        if not torch.is_grad_enabled():
+            check_finite(x, self.decoder, lambda: self.decoder(z), "decoder")
         x = x[:, :, :num_frames, :height, :width]
         if image:
             x = x[:, :, 0]

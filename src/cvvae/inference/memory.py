@@ -1,0 +1,50 @@
+"""A deterministic meter of peak tensor memory, for CPU and GPU alike.
+
+``PeakMemory`` counts the bytes of every tensor storage created by an op while it is active and
+releases them when the last tensor using the storage is garbage-collected, so its peak is the
+most activation memory alive at once (inputs and weights made before it started are not
+counted, nor are views of them). Unlike process RSS it does not depend on the allocator or on other processes.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+class PeakMemory(TorchDispatchMode):
+    """Context manager; ``peak_bytes`` after exit is the highest live total seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._refs: Counter[int] = Counter()
+        self._sizes: dict[int, int] = {}
+
+    def _release(self, key: int) -> None:
+        self._refs[key] -= 1
+        if self._refs[key] == 0:
+            del self._refs[key]
+            self.live_bytes -= self._sizes.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for t in tree_leaves((args, kwargs)):  # storages made before the meter: not counted
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self._sizes.setdefault(t.untyped_storage().data_ptr(), 0)
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key not in self._sizes:
+                    self._sizes[key] = storage.nbytes()
+                    self.live_bytes += storage.nbytes()
+                    self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+                self._refs[key] += 1
+                weakref.finalize(t, self._release, key)
+        return out

@@ -1,0 +1,69 @@
+"""Pick chunk sizes for chunked (streaming) inference from a memory budget.
+
+The cost model counts the largest live activations: the trunk's full-resolution feature maps
+for one chunk (``ACTIVATION_COPIES`` tensors of ``C0 x frames x H x W``), plus what stays whole
+(the input and output clips and the latent-resolution head). Its constant was calibrated against
+measured peaks (see docs/performance.md); the plan is logged on the ``cvvae`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .streaming import STATS_MODES
+
+logger = logging.getLogger("cvvae")
+
+ACTIVATION_COPIES = 6  # live C0 x frames x H x W tensors at the trunk's widest point
+MIN_ENCODE_FRAMES = 4
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Chunked execution settings: video frames per encoder chunk (a multiple of 4), latent
+    frames per decoder chunk, and how GroupNorm statistics are gathered (see streaming.py)."""
+
+    encode_frames: int = 16
+    decode_latents: int = 4
+    stats: str = "two_pass"
+
+    def __post_init__(self):
+        if self.encode_frames < MIN_ENCODE_FRAMES or self.encode_frames % 4:
+            raise ValueError(f"encode_frames must be a multiple of 4 and >= 4, got {self.encode_frames}")
+        if self.decode_latents < 1:
+            raise ValueError(f"decode_latents must be >= 1, got {self.decode_latents}")
+        if self.stats not in STATS_MODES:
+            raise ValueError(f"stats must be one of {STATS_MODES}, got {self.stats!r}")
+
+
+def plan_for_budget(
+    budget_bytes: float,
+    frames: int,
+    height: int,
+    width: int,
+    base_channels: int,
+    top_channels: int,
+    itemsize: int,
+    stats: str = "two_pass",
+) -> ChunkPlan:
+    """The largest chunks whose estimated peak fits ``budget_bytes`` for a ``frames x height x
+    width`` clip (``base_channels``/``top_channels``: widths of the first and last level)."""
+    pixels = height * width
+    whole = itemsize * (2 * 3 * frames * pixels + ACTIVATION_COPIES * top_channels * frames * pixels // 256)
+    per_frame = itemsize * ACTIVATION_COPIES * base_channels * pixels
+    room = max(0.0, budget_bytes - whole) / per_frame - 2  # two cached frames ride along
+    encode_frames = max(MIN_ENCODE_FRAMES, int(room) // 4 * 4)
+    decode_latents = max(1, int(room) // 4)
+    if room < MIN_ENCODE_FRAMES:
+        logger.warning(
+            "memory budget %.2f GiB is below the estimate for %d frames of %dx%d; using the "
+            "smallest chunks", budget_bytes / 2**30, MIN_ENCODE_FRAMES, width, height,
+        )
+    plan = ChunkPlan(encode_frames, decode_latents, stats)
+    logger.info(
+        "memory budget %.2f GiB for %d frames %dx%d: %d frames per encoder chunk, %d latent "
+        "frames per decoder chunk, %s statistics", budget_bytes / 2**30, frames, width, height,
+        plan.encode_frames, plan.decode_latents, plan.stats,
+    )
+    return plan
