@@ -15,10 +15,11 @@ from cvvae.evaluation import (
     image_vae_on_psi,
     latent_compatibility,
     lpips_per_frame,
+    psnr,
     relative_error,
     summarize_videos,
 )
-from cvvae.evaluation.codecs import image_reconstruct, video_latents
+from cvvae.evaluation.codecs import image_decode, image_reconstruct, video_latents
 from cvvae.evaluation.runner import VideoResult
 from cvvae.training.lpips import LPIPS
 
@@ -176,3 +177,21 @@ def test_lpips_per_frame_matches_the_model_frame_by_frame():
             assert values[t].item() == pytest.approx(expected.item(), rel=1e-5)
     assert lpips_per_frame(model, x, x).abs().max() < 1e-6
     assert values.min() > 0
+
+
+def test_each_psi_mode_scores_against_its_own_frames(image_vae):
+    """psi on a 5-frame clip: first -> frames 0, 1; slice -> frames 0, 4; mean -> 0, mean(1..4)."""
+    clip = torch.rand(3, 5, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    z = torch.randn(4, 2, 4, 4, generator=torch.Generator().manual_seed(6))
+    result = latent_compatibility(image_vae, clip, z, image_vae_on_psi(image_vae, clip))
+    decoded = image_decode(image_vae, z)
+    targets = {
+        "first": clip[:, [0, 1]],
+        "slice": clip[:, [0, 4]],
+        "mean": torch.stack([clip[:, 0], clip[:, 1:5].mean(1)], dim=1),
+    }
+    for mode, target in targets.items():
+        torch.testing.assert_close(result[mode].decoded.psnr, psnr(target, decoded))
+        torch.testing.assert_close(
+            result[mode].image_vae.psnr, psnr(target, image_reconstruct(image_vae, target))
+        )
