@@ -25,7 +25,7 @@ def reference(request, reference_dir):
 
 def _exact_stats(trunk, x):
     state = StreamState("running")
-    state.final = True
+    state.begin_call(final=True)
     trunk(x, state)
     return state.clip_stats()
 
@@ -37,7 +37,7 @@ def test_encoder_chunks_equal_full_pass_given_clip_statistics(reference, chunk_f
     model, ref = reference
     x = ref["video33.input"]
     full = model.encoder.trunk(x)
-    state = StreamState("frozen", _exact_stats(model.encoder.trunk, x))
+    state = StreamState("frozen", _exact_stats(model.encoder.trunk, x), max_latents=chunk_frames // 4)
     chunked = _run_chunks(model.encoder.trunk, split_encoder_input(x, chunk_frames), state, full.shape[2])
     assert (chunked - full).abs().max() < 1e-4
 
@@ -49,7 +49,7 @@ def test_decoder_chunks_equal_full_pass_given_clip_statistics(reference, chunk_l
     z = ref["video33.moments"][:, : model.config.latent_channels]
     h = model.decoder.head(z)
     full = model.decoder.trunk(h)
-    state = StreamState("frozen", _exact_stats(model.decoder.trunk, h))
+    state = StreamState("frozen", _exact_stats(model.decoder.trunk, h), max_latents=chunk_latents)
     chunked = _run_chunks(model.decoder.trunk, split_time(h, chunk_latents), state, full.shape[2])
     assert (chunked - full).abs().max() < 1e-4
 
@@ -113,6 +113,19 @@ def test_streaming_encoder_memory_does_not_grow_with_length():
     with PeakMemory() as meter:
         model.encode(x)
     assert meter.peak_bytes > 4 * peaks[257]  # the full pass grows with the clip
+
+
+@torch.no_grad()
+def test_streaming_decoder_memory_grows_with_chunk_not_clip():
+    model = CVVAE(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4).eval()
+    z = torch.randn(1, 4, 33, 4, 4)
+    with PeakMemory() as full:
+        model.decode(z)
+    model.enable_tiling(decode_latents=1, stats="running")
+    with PeakMemory() as chunked:
+        model.decode(z)
+    output_bytes = 3 * 129 * 32 * 32 * 4
+    assert chunked.peak_bytes - output_bytes < 0.25 * (full.peak_bytes - output_bytes)
 
 
 @torch.no_grad()

@@ -31,16 +31,27 @@ class StreamState:
     """Per-pass state of chunked execution: conv caches, skip delays, GroupNorm statistics.
 
     ``stats_mode``: ``"running"``, ``"chunk"`` or ``"frozen"`` (use ``frozen_stats``).
-    Set ``final`` before feeding the last chunk so convolutions pad the end of the clip.
+    Call :meth:`begin_call` before each call of the network, with ``final`` from the last
+    chunk on; a convolution pads the end of the clip once everything before it has flowed.
+    ``max_latents`` caps what one convolution emits per call to that many latent frames' worth
+    (plus one, to catch up); the rest waits for the next call (at the end of the clip, calls
+    with no new frames drain it), so the frames that the non-causal decoder holds back never
+    all flow at once.
     """
 
-    def __init__(self, stats_mode: str, frozen_stats: dict | None = None):
+    def __init__(self, stats_mode: str, frozen_stats: dict | None = None, max_latents: int | None = None):
         self.stats_mode = stats_mode
         self.frozen_stats = frozen_stats or {}
-        self.totals: dict[nn.Module, list[torch.Tensor]] = {}
-        self.final = False
+        self.max_latents = max_latents
+        self.totals: dict[nn.Module, _Moments] = {}
+        self._upstream_done = False
         self._pending: dict[nn.Module, torch.Tensor] = {}
         self._started: set[nn.Module] = set()
+        self._ended: set[nn.Module] = set()
+
+    def begin_call(self, final: bool) -> None:
+        """Start one call of the network; ``final``: no new input frames will follow."""
+        self._upstream_done = final
 
     # -- temporal convolutions -----------------------------------------------------------
     def conv(self, conv: PaddedConv3d, x: torch.Tensor) -> torch.Tensor:
@@ -48,14 +59,21 @@ class StreamState:
         before, after = conv.pad_spec.time
         if conv not in self._pending:
             if x.shape[2] == 0:
+                self._upstream_done = False
                 return self._empty_output(conv, x)
             x = conv.pad_time(x, before, 0)
         else:
             x = torch.cat([self._pending[conv], x], dim=2)
-        if self.final:
+        if self._upstream_done and conv not in self._ended:
             x = conv.pad_time(x, 0, after)
+            self._ended.add(conv)
         k, s = conv.kernel_size[0], conv.stride[0]
-        n = (x.shape[2] - k) // s + 1 if x.shape[2] >= k else 0
+        available = (x.shape[2] - k) // s + 1 if x.shape[2] >= k else 0
+        n = available
+        if self.max_latents is not None:
+            n = min(n, (self.max_latents + 1) * conv.frames_per_latent)
+        if n < available:  # held back: what follows this conv has not received everything
+            self._upstream_done = False
         self._pending[conv] = x[:, :, n * s:].clone()  # a copy: a view would pin the whole chunk
         if n == 0:
             return self._empty_output(conv, x)
@@ -89,16 +107,15 @@ class StreamState:
             return x
         b, c = x.shape[:2]
         g = norm.num_groups
-        grouped = x.reshape(b, g, -1).double()
-        chunk = [grouped.sum(-1), grouped.square().sum(-1), torch.tensor(grouped.shape[-1], dtype=torch.float64)]
+        var, mean = torch.var_mean(x.reshape(b, g, -1), dim=-1, correction=0)
+        chunk = _Moments(x[0, 0].numel() * (c // g), mean.double(), var.double())
         total = self.totals.get(norm)
-        total = chunk if total is None else [a + b_ for a, b_ in zip(total, chunk)]
-        self.totals[norm] = total
+        self.totals[norm] = chunk if total is None else total.merge(chunk)
         if self.stats_mode == "frozen":
             mean, var = self.frozen_stats[norm]
         else:
-            s, ss, n = chunk if self.stats_mode == "chunk" else total
-            mean, var = _moments(s, ss, n)
+            use = chunk if self.stats_mode == "chunk" else self.totals[norm]
+            mean, var = use.mean, use.var
         rstd = torch.rsqrt(var + norm.eps)
         scale = norm.weight.double().view(1, g, c // g) * rstd.unsqueeze(-1)
         shift = norm.bias.double().view(1, g, c // g) - mean.unsqueeze(-1) * scale
@@ -107,44 +124,60 @@ class StreamState:
 
     def clip_stats(self) -> dict:
         """Per-norm ``(mean, var)`` of everything seen in this pass, ``(B, G)`` float64."""
-        return {norm: _moments(*t) for norm, t in self.totals.items()}
+        return {norm: (m.mean, m.var) for norm, m in self.totals.items()}
 
 
-def _moments(s: torch.Tensor, ss: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = s / n
-    return mean, (ss / n - mean.square()).clamp_min(0.0)
+class _Moments:
+    """Count, mean and variance of a group's values; ``merge`` pools two sets exactly (Chan)."""
+
+    def __init__(self, count: int, mean: torch.Tensor, var: torch.Tensor):
+        self.count, self.mean, self.var = count, mean, var
+
+    def merge(self, other: _Moments) -> _Moments:
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / n)
+        m2 = self.var * self.count + other.var * other.count + delta.square() * (self.count * other.count / n)
+        return _Moments(n, mean, m2 / n)
 
 
 def _run_chunks(
-    trunk: Callable, chunks: list[torch.Tensor], state: StreamState, out_frames: int | None
+    trunk: Callable, chunks: list[torch.Tensor], state: StreamState, out_frames: int, keep: bool = True
 ) -> torch.Tensor | None:
-    """Feed ``chunks`` in order; write outputs into one preallocated ``out_frames`` clip, or
-    drop them when ``out_frames`` is None (a statistics-only pass)."""
-    out, filled = None, 0
-    for i, chunk in enumerate(chunks):
-        state.final = i == len(chunks) - 1
-        y = trunk(chunk, state)
-        if out_frames is None:
-            continue
-        if out is None:
-            out = y.new_empty(*y.shape[:2], out_frames, *y.shape[3:])
-        out[:, :, filled : filled + y.shape[2]] = y
+    """Feed ``chunks`` in order, then empty chunks until the ``out_frames`` output frames are
+    out; write them into one preallocated clip (returned), or drop them when ``keep`` is False
+    (a statistics-only pass)."""
+    out, filled, calls = None, 0, 0
+    empty = chunks[-1][:, :, :0]
+    while filled < out_frames:
+        if calls >= len(chunks) + 4 * out_frames:
+            raise RuntimeError(f"chunked pass stalled at {filled} of {out_frames} frames")
+        state.begin_call(final=calls >= len(chunks) - 1)
+        y = trunk(chunks[calls] if calls < len(chunks) else empty, state)
+        calls += 1
+        if keep:
+            if out is None:
+                out = y.new_empty(*y.shape[:2], out_frames, *y.shape[3:])
+            out[:, :, filled : filled + y.shape[2]] = y
         filled += y.shape[2]
-    if out_frames is not None and filled != out_frames:
+    if filled != out_frames:
         raise RuntimeError(f"chunked pass produced {filled} frames, expected {out_frames}")
     return out
 
 
-def run_trunk(trunk: Callable, chunks: list[torch.Tensor], stats: str, out_frames: int) -> torch.Tensor:
+def run_trunk(
+    trunk: Callable, chunks: list[torch.Tensor], stats: str, out_frames: int, max_latents: int
+) -> torch.Tensor:
     """Run ``trunk(chunk, state)`` over consecutive time chunks of one clip; the output clip
-    has ``out_frames`` frames."""
+    has ``out_frames`` frames; ``max_latents`` caps each conv's output per call."""
     if stats not in STATS_MODES:
         raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
     if stats != "two_pass":
-        return _run_chunks(trunk, chunks, StreamState(stats), out_frames)
-    first = StreamState("running")
-    _run_chunks(trunk, chunks, first, None)
-    return _run_chunks(trunk, chunks, StreamState("frozen", first.clip_stats()), out_frames)
+        return _run_chunks(trunk, chunks, StreamState(stats, max_latents=max_latents), out_frames)
+    first = StreamState("running", max_latents=max_latents)
+    _run_chunks(trunk, chunks, first, out_frames, keep=False)
+    frozen = StreamState("frozen", first.clip_stats(), max_latents)
+    return _run_chunks(trunk, chunks, frozen, out_frames)
 
 
 def split_encoder_input(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
@@ -165,8 +198,9 @@ def split_time(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
 def encode_moments(encoder: nn.Module, x: torch.Tensor, chunk_frames: int, stats: str) -> torch.Tensor:
     """Encoder moments of ``(B, 3, 1 + 4k, H, W)`` with the trunk run ``chunk_frames`` at a time."""
     latent_frames = 1 + (x.shape[2] - 1) // 4
-    h = run_trunk(encoder.trunk, split_encoder_input(x, chunk_frames), stats, latent_frames)
-    return encoder.head(h)
+    chunks = split_encoder_input(x, chunk_frames)
+    per_chunk = chunks[1].shape[2] // 4 if len(chunks) > 1 else latent_frames
+    return encoder.head(run_trunk(encoder.trunk, chunks, stats, latent_frames, per_chunk))
 
 
 @torch.no_grad()
@@ -174,6 +208,7 @@ def decode_latents(decoder: nn.Module, z: torch.Tensor, chunk_latents: int, stat
     """Decoded video of latents ``(B, C, t, h, w)``, the trunk run ``chunk_latents`` latent
     frames at a time."""
     frames = 1 + 4 * (z.shape[2] - 1)
-    return run_trunk(decoder.trunk, split_time(decoder.head(z), chunk_latents), stats, frames)
+    chunks = split_time(decoder.head(z), chunk_latents)
+    return run_trunk(decoder.trunk, chunks, stats, frames, chunk_latents)
 
 

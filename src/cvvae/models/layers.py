@@ -102,6 +102,7 @@ class PaddedConv3d(nn.Conv3d):
         )
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=conv_padding)
         self.pad_spec = padding
+        self.frames_per_latent = 1  # its output frames per latent frame (set by the network)
         self._pad_space = None if space_in_conv or not any(padding.space) else padding.space
         self._pad_time = None if time_in_conv or not any(padding.time) else padding.time
 

@@ -90,6 +90,14 @@ class Encoder(nn.Module):
         self.norm_out = VideoGroupNorm(norm_num_groups, channels, eps=norm_eps)
         self.conv_out = PaddedConv3d(channels, 2 * latent_channels, 3, pad)
         self.gradient_checkpointing = False
+        rate = 4  # frames per latent frame, for chunked execution's per-call caps
+        self.conv_in.frames_per_latent = rate
+        for level, stage in enumerate(self.down):
+            for block in stage.block:
+                block.conv1.frames_per_latent = rate
+            if hasattr(stage, "downsample"):
+                rate //= 2 if encoder_level_halves_time(level, num_levels) else 1
+                stage.downsample.conv.frames_per_latent = rate
 
     def trunk(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         """Full-resolution part: ``(B, 3, T, H, W) -> (B, C_top, t, H/8, W/8)``; local in time
@@ -141,6 +149,15 @@ class Decoder(nn.Module):
         self.norm_out = VideoGroupNorm(norm_num_groups, channels, eps=norm_eps)
         self.conv_out = PaddedConv3d(channels, out_channels, 3, pad)
         self.gradient_checkpointing = False
+        rate = 1  # frames per latent frame, for chunked execution's per-call caps
+        for level in reversed(range(len(self.up))):
+            stage = self.up[level]
+            for block in stage.block:
+                block.conv1.frames_per_latent = rate
+            if hasattr(stage, "upsample"):
+                stage.upsample.conv.frames_per_latent = rate
+                rate *= stage.upsample.time_factor
+        self.conv_out.frames_per_latent = rate
 
     def head(self, z: torch.Tensor) -> torch.Tensor:
         """Latent-resolution part (input conv, mid block with attention) on the whole clip."""

@@ -1,0 +1,186 @@
+"""Time, peak memory and deviation from the full pass of encode/decode, per inference mode.
+
+Modes: ``full`` (one pass, exact), ``reference`` (the released code's 576-px tiles and 16-frame
+windows, see reference_tiling.py), and ``ours-<stats>`` (chunked streaming with 16-frame encoder
+chunks and 4-latent decoder chunks, the reference's window sizes; see cvvae.inference).
+
+Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, and on the CPU the most tensor bytes
+alive at once (cvvae.inference.memory.PeakMemory: deterministic, unlike process RSS, which the
+allocator and other processes blur). Times are medians over ``--repeats`` runs after a warm-up.
+Deviation: max |latent - full-pass latent|, and PSNR of each mode's decoded video against the
+full pass decoding the full-pass latents.
+
+    python benchmarks/bench_inference.py --quick            # a few minutes on the 2-core CPU
+    python benchmarks/bench_inference.py --device cuda --out docs/bench-h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference_tiling import reference_decode, reference_encode  # noqa: E402
+
+from cvvae import CVVAE  # noqa: E402
+from cvvae.inference.memory import PeakMemory  # noqa: E402
+from cvvae.models.checkpoint import config_from_released  # noqa: E402
+
+QUICK_SIZES = [(17, 256, 256), (33, 256, 256), (9, 720, 1280)]
+FULL_SIZES = [(17, 256, 256), (33, 256, 256), (65, 256, 256), (129, 256, 256), (17, 720, 1280), (33, 720, 1280)]
+STATS = ("running", "two_pass")
+
+
+def load_model(spec: str, shared: Path) -> CVVAE:
+    """``sd21_tiny``/``sd3_tiny`` (reference weights), ``sd21_full``/``sd3_full`` (released
+    architecture, random weights: speed and memory only), or a model folder."""
+    if spec.endswith("_tiny"):
+        return CVVAE.from_pretrained(shared / f"cvvae_{spec}")
+    if spec.endswith("_full"):
+        layouts = json.loads((shared / "released_state_dict_layouts.json").read_text())
+        class_name = "CVVAEModel" if spec.startswith("sd21") else "CVVAESD3Model"
+        torch.manual_seed(0)
+        return CVVAE(**config_from_released({"_class_name": class_name, **layouts[f"cvvae_{spec}"]["config"]}, spec))
+    return CVVAE.from_pretrained(spec)
+
+
+def synthetic_clip(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A smooth moving pattern with texture, ``(1, 3, T, H, W)`` in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(frames).view(frames, 1, 1).float()
+    y = torch.linspace(0, 1, height).view(1, height, 1)
+    x = torch.linspace(0, 1, width).view(1, 1, width)
+    channels = []
+    for c in range(3):
+        fx, fy, v = (torch.rand(3, generator=g) * torch.tensor([12.0, 8.0, 0.05])).tolist()
+        channels.append(torch.sin(2 * math.pi * (fx * (x + v * t) + fy * y) + c))
+    video = torch.stack(channels) * 0.7 + 0.2 * torch.rand(3, frames, height, width, generator=g) - 0.1
+    return video.clamp(-1, 1).unsqueeze(0)
+
+
+class Meter:
+    """Median time and peak memory of a callable on ``device``."""
+
+    def __init__(self, device: torch.device, repeats: int):
+        self.device, self.repeats = device, repeats
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def __call__(self, fn):
+        if self.repeats > 1:
+            fn()  # warm-up (cuDNN autotuning, allocator)
+        times, peak, out = [], 0, None
+        for _ in range(self.repeats):
+            out = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            self._sync()
+            start = time.perf_counter()
+            if self.device.type == "cuda":
+                out = fn()
+                self._sync()
+                peak = max(peak, torch.cuda.max_memory_allocated() - base)
+            else:
+                with PeakMemory() as meter:
+                    out = fn()
+                peak = max(peak, meter.peak_bytes)
+            times.append(time.perf_counter() - start)
+        return out, statistics.median(times), peak
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.float() - b.float()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(4 / mse)
+
+
+def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter) -> list[dict]:
+    c = model.config.latent_channels
+    rows = []
+    model.disable_tiling()
+    full_m, enc_t, enc_mem = meter(lambda: model.encode(x).latent_dist.parameters)
+    full_z = full_m[:, :c]
+    full_x, dec_t, dec_mem = meter(lambda: model.decode(full_z).sample)
+    rows.append(dict(mode="full", encode_s=enc_t, decode_s=dec_t, encode_peak=enc_mem, decode_peak=dec_mem,
+                     latent_max_err=0.0, decoded_psnr=float("inf")))
+    modes = {"reference": (lambda: reference_encode(model, x), lambda z: reference_decode(model, z))}
+    for stats in STATS:
+        def enc(stats=stats):
+            model.enable_tiling(16, 4, stats)
+            return model.encode(x).latent_dist.parameters
+
+        def dec(z, stats=stats):
+            model.enable_tiling(16, 4, stats)
+            return model.decode(z).sample
+
+        modes[f"ours-{stats}"] = (enc, dec)
+    for name, (enc, dec) in modes.items():
+        m, enc_t, enc_mem = meter(enc)
+        y, dec_t, dec_mem = meter(lambda: dec(m[:, :c]))
+        rows.append(dict(mode=name, encode_s=enc_t, decode_s=dec_t, encode_peak=enc_mem, decode_peak=dec_mem,
+                         latent_max_err=(m - full_m).abs().max().item(), decoded_psnr=psnr(y, full_x)))
+        del m, y
+    model.disable_tiling()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small grid, one repeat (CPU: minutes)")
+    parser.add_argument("--models", nargs="+", default=["sd21_tiny"], help="sd21_tiny, sd3_tiny, sd21_full, sd3_full or a folder")
+    parser.add_argument("--sizes", nargs="*", default=None, help="TxHxW, e.g. 33x256x256")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")
+    parser.add_argument("--out", type=Path, default=Path("benchmark-inference.json"))
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes] if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
+    repeats = args.repeats or (1 if args.quick else 3)
+    meter = Meter(device, repeats)
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+               "torch": torch.__version__, "dtype": args.dtype, "repeats": repeats, "rows": []}
+    header = f"{'model':10} {'size':>14} {'mode':>16} {'enc s':>8} {'dec s':>8} {'enc MiB':>9} {'dec MiB':>9} {'lat err':>8} {'PSNR':>6}"
+    print(header)
+    torch.set_grad_enabled(False)
+    for spec in args.models:
+        model = load_model(spec, args.shared).to(device, dtype).eval()
+        for t, h, w in sizes:
+            x = synthetic_clip(t, h, w).to(device, dtype)
+            try:
+                rows = run_modes(model, x, meter)
+            except torch.OutOfMemoryError:
+                rows = [dict(mode="full", error="out of memory")]
+                torch.cuda.empty_cache()
+            for row in rows:
+                row.update(model=spec, frames=t, height=h, width=w)
+                results["rows"].append(row)
+                if "error" in row:
+                    print(f"{spec:10} {t:>4}x{h}x{w:<5} {row['mode']:>16} {row['error']}")
+                    continue
+                print(f"{spec:10} {t:>4}x{h}x{w:<5} {row['mode']:>16} {row['encode_s']:8.3f} {row['decode_s']:8.3f} "
+                      f"{row['encode_peak'] / 2**20:9.1f} {row['decode_peak'] / 2**20:9.1f} "
+                      f"{row['latent_max_err']:8.4f} {row['decoded_psnr']:6.1f}", flush=True)
+            del x
+        del model
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
