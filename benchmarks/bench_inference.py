@@ -1,8 +1,10 @@
 """Time, peak memory and deviation from the full pass of encode/decode, per inference mode.
 
 Modes: ``full`` (one pass, exact), ``reference`` (the released code's 576-px tiles and 16-frame
-windows, see reference_tiling.py), and ``ours-<stats>`` (chunked streaming with 16-frame encoder
-chunks and 4-latent decoder chunks, the reference's window sizes; see cvvae.inference).
+windows, see reference_tiling.py), and chunked streaming with 16-frame encoder chunks and
+4-latent decoder chunks (the reference's window sizes; ``--chunks`` changes them): ``ours`` (the
+default plan: two-pass statistics in the encoder, running in the decoder), ``ours-running``
+and ``ours-two_pass`` (one statistics mode for both; see cvvae.inference.streaming).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, and on the CPU the most tensor bytes
 alive at once (cvvae.inference.memory.PeakMemory: deterministic, unlike process RSS, which the
@@ -35,7 +37,9 @@ from cvvae.models.checkpoint import config_from_released  # noqa: E402
 
 QUICK_SIZES = [(17, 256, 256), (33, 256, 256), (9, 720, 1280)]
 FULL_SIZES = [(17, 256, 256), (33, 256, 256), (65, 256, 256), (129, 256, 256), (17, 720, 1280), (33, 720, 1280)]
-STATS = ("running", "two_pass")
+# our modes: (encoder statistics, decoder statistics); "ours" is the default plan
+STATS = {"ours": ("two_pass", "running"), "ours-running": ("running", "running"),
+         "ours-two_pass": ("two_pass", "two_pass")}
 
 
 def load_model(spec: str, shared: Path) -> CVVAE:
@@ -104,7 +108,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(4 / mse)
 
 
-def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter) -> list[dict]:
+def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, int], with_reference: bool) -> list[dict]:
     c = model.config.latent_channels
     rows = []
     model.disable_tiling()
@@ -113,20 +117,27 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter) -> list[dict]:
     full_x, dec_t, dec_mem = meter(lambda: model.decode(full_z).sample)
     rows.append(dict(mode="full", encode_s=enc_t, decode_s=dec_t, encode_peak=enc_mem, decode_peak=dec_mem,
                      latent_max_err=0.0, decoded_psnr=float("inf")))
-    modes = {"reference": (lambda: reference_encode(model, x), lambda z: reference_decode(model, z))}
-    for stats in STATS:
-        def enc(stats=stats):
-            model.enable_tiling(16, 4, stats)
+    modes = {}
+    if with_reference:
+        modes["reference"] = (lambda: reference_encode(model, x), lambda z: reference_decode(model, z))
+    for name, (enc_stats, dec_stats) in STATS.items():
+        def enc(stats=enc_stats):
+            model.enable_tiling(*chunks, encode_stats=stats)
             return model.encode(x).latent_dist.parameters
 
-        def dec(z, stats=stats):
-            model.enable_tiling(16, 4, stats)
+        def dec(z, stats=dec_stats):
+            model.enable_tiling(*chunks, decode_stats=stats)
             return model.decode(z).sample
 
-        modes[f"ours-{stats}"] = (enc, dec)
+        modes[name] = (enc, dec)
     for name, (enc, dec) in modes.items():
-        m, enc_t, enc_mem = meter(enc)
-        y, dec_t, dec_mem = meter(lambda: dec(m[:, :c]))
+        try:
+            m, enc_t, enc_mem = meter(enc)
+            y, dec_t, dec_mem = meter(lambda: dec(m[:, :c]))
+        except torch.OutOfMemoryError:
+            rows.append(dict(mode=name, error="out of memory"))
+            torch.cuda.empty_cache()
+            continue
         rows.append(dict(mode=name, encode_s=enc_t, decode_s=dec_t, encode_peak=enc_mem, decode_peak=dec_mem,
                          latent_max_err=(m - full_m).abs().max().item(), decoded_psnr=psnr(y, full_x)))
         del m, y
@@ -142,6 +153,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--channels-last", action="store_true", help="channels-last 3D memory format")
+    parser.add_argument("--chunks", nargs=2, type=int, default=[16, 4], metavar=("FRAMES", "LATENTS"),
+                        help="our chunk sizes: video frames per encoder chunk, latents per decoder chunk "
+                        "(default: the reference's window sizes)")
+    parser.add_argument("--no-reference", action="store_true", help="skip the released-tiling baseline")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")
     parser.add_argument("--out", type=Path, default=Path("benchmark-inference.json"))
     args = parser.parse_args()
@@ -153,17 +169,22 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes] if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     repeats = args.repeats or (1 if args.quick else 3)
     meter = Meter(device, repeats)
-    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "dtype": args.dtype, "repeats": repeats, "rows": []}
+    results = {"chunks": args.chunks, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+               "torch": torch.__version__, "dtype": args.dtype, "repeats": repeats,
+               "channels_last": args.channels_last, "command": " ".join(sys.argv), "rows": []}
     header = f"{'model':10} {'size':>14} {'mode':>16} {'enc s':>8} {'dec s':>8} {'enc MiB':>9} {'dec MiB':>9} {'lat err':>8} {'PSNR':>6}"
     print(header)
     torch.set_grad_enabled(False)
     for spec in args.models:
-        model = load_model(spec, args.shared).to(device, dtype).eval()
+        model = torch.nn.Module.to(load_model(spec, args.shared), device, dtype).eval()
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
         for t, h, w in sizes:
             x = synthetic_clip(t, h, w).to(device, dtype)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
             try:
-                rows = run_modes(model, x, meter)
+                rows = run_modes(model, x, meter, tuple(args.chunks), not args.no_reference)
             except torch.OutOfMemoryError:
                 rows = [dict(mode="full", error="out of memory")]
                 torch.cuda.empty_cache()

@@ -66,7 +66,7 @@ def test_streaming_is_closer_to_full_pass_than_reference_chunking(reference, sta
     model, ref = reference
     x = ref["video33.input"]
     full, official = ref["video33.moments"], ref["video33.moments_official_chunked"]
-    model.enable_tiling(encode_frames=16, decode_latents=4, stats=stats)
+    model.enable_tiling(encode_frames=16, decode_latents=4, encode_stats=stats, decode_stats=stats)
     try:
         ours = model.encode(x).latent_dist.parameters
     finally:
@@ -88,7 +88,7 @@ def test_two_pass_latents_agree_across_chunk_sizes(reference):
     full = model.encode(x).latent_dist.mean
     results = {}
     for frames in (4, 12, 32):
-        model.enable_tiling(encode_frames=frames, stats="two_pass")
+        model.enable_tiling(encode_frames=frames, encode_stats="two_pass")
         results[frames] = model.encode(x).latent_dist.mean
     model.disable_tiling()
     assert (results[32] - full).abs().max() < 1e-5
@@ -101,7 +101,7 @@ def test_two_pass_latents_agree_across_chunk_sizes(reference):
 @torch.no_grad()
 def test_streaming_encoder_memory_does_not_grow_with_length():
     model = CVVAE(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4).eval()
-    model.enable_tiling(encode_frames=8, stats="two_pass")
+    model.enable_tiling(encode_frames=8)
     peaks = {}
     for frames in (65, 257):
         x = torch.rand(1, 3, frames, 16, 16) * 2 - 1
@@ -121,7 +121,7 @@ def test_streaming_decoder_memory_grows_with_chunk_not_clip():
     z = torch.randn(1, 4, 33, 4, 4)
     with PeakMemory() as full:
         model.decode(z)
-    model.enable_tiling(decode_latents=1, stats="running")
+    model.enable_tiling(decode_latents=1)
     with PeakMemory() as chunked:
         model.decode(z)
     output_bytes = 3 * 129 * 32 * 32 * 4

@@ -22,19 +22,25 @@ MIN_ENCODE_FRAMES = 4
 @dataclass(frozen=True)
 class ChunkPlan:
     """Chunked execution settings: video frames per encoder chunk (a multiple of 4), latent
-    frames per decoder chunk, and how GroupNorm statistics are gathered (see streaming.py)."""
+    frames per decoder chunk, and how each gathers GroupNorm statistics (see streaming.py).
+
+    The defaults are the measured best (docs/performance.md): two passes for the encoder,
+    running statistics for the decoder.
+    """
 
     encode_frames: int = 16
     decode_latents: int = 4
-    stats: str = "two_pass"
+    encode_stats: str = "two_pass"
+    decode_stats: str = "running"
 
     def __post_init__(self):
         if self.encode_frames < MIN_ENCODE_FRAMES or self.encode_frames % 4:
             raise ValueError(f"encode_frames must be a multiple of 4 and >= 4, got {self.encode_frames}")
         if self.decode_latents < 1:
             raise ValueError(f"decode_latents must be >= 1, got {self.decode_latents}")
-        if self.stats not in STATS_MODES:
-            raise ValueError(f"stats must be one of {STATS_MODES}, got {self.stats!r}")
+        for stats in (self.encode_stats, self.decode_stats):
+            if stats not in STATS_MODES:
+                raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
 
 
 def plan_for_budget(
@@ -45,7 +51,6 @@ def plan_for_budget(
     base_channels: int,
     top_channels: int,
     itemsize: int,
-    stats: str = "two_pass",
 ) -> ChunkPlan:
     """The largest chunks whose estimated peak fits ``budget_bytes`` for a ``frames x height x
     width`` clip (``base_channels``/``top_channels``: widths of the first and last level)."""
@@ -60,10 +65,10 @@ def plan_for_budget(
             "memory budget %.2f GiB is below the estimate for %d frames of %dx%d; using the "
             "smallest chunks", budget_bytes / 2**30, MIN_ENCODE_FRAMES, width, height,
         )
-    plan = ChunkPlan(encode_frames, decode_latents, stats)
+    plan = ChunkPlan(encode_frames, decode_latents)
     logger.info(
         "memory budget %.2f GiB for %d frames %dx%d: %d frames per encoder chunk, %d latent "
-        "frames per decoder chunk, %s statistics", budget_bytes / 2**30, frames, width, height,
-        plan.encode_frames, plan.decode_latents, plan.stats,
+        "frames per decoder chunk", budget_bytes / 2**30, frames, width, height,
+        plan.encode_frames, plan.decode_latents,
     )
     return plan

@@ -33,8 +33,8 @@ class StreamState:
     ``stats_mode``: ``"running"``, ``"chunk"`` or ``"frozen"`` (use ``frozen_stats``).
     Call :meth:`begin_call` before each call of the network, with ``final`` from the last
     chunk on; a convolution pads the end of the clip once everything before it has flowed.
-    ``max_latents`` caps what one convolution emits per call to that many latent frames' worth
-    (plus one, to catch up); the rest waits for the next call (at the end of the clip, calls
+    ``max_latents`` caps what one convolution emits per call to that many latent frames' worth;
+    the rest waits for the next call (at the end of the clip, calls
     with no new frames drain it), so the frames that the non-causal decoder holds back never
     all flow at once.
     """
@@ -71,7 +71,7 @@ class StreamState:
         available = (x.shape[2] - k) // s + 1 if x.shape[2] >= k else 0
         n = available
         if self.max_latents is not None:
-            n = min(n, (self.max_latents + 1) * conv.frames_per_latent)
+            n = min(n, self.max_latents * conv.frames_per_latent)
         if n < available:  # held back: what follows this conv has not received everything
             self._upstream_done = False
         self._pending[conv] = x[:, :, n * s:].clone()  # a copy: a view would pin the whole chunk
@@ -166,7 +166,11 @@ def _run_chunks(
 
 
 def run_trunk(
-    trunk: Callable, chunks: list[torch.Tensor], stats: str, out_frames: int, max_latents: int
+    trunk: Callable,
+    chunks: list[torch.Tensor],
+    stats: str,
+    out_frames: int,
+    max_latents: int,
 ) -> torch.Tensor:
     """Run ``trunk(chunk, state)`` over consecutive time chunks of one clip; the output clip
     has ``out_frames`` frames; ``max_latents`` caps each conv's output per call."""

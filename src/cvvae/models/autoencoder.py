@@ -113,7 +113,7 @@ class CVVAE(ModelMixin, ConfigMixin):
             torch.nn.Conv3d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
         )
         self._chunk_plan: ChunkPlan | None = None
-        self._memory_budget: tuple[float, str] | None = None
+        self._memory_budget: float | None = None
 
     temporal_compression = 4
     spatial_compression = 8
@@ -156,23 +156,27 @@ class CVVAE(ModelMixin, ConfigMixin):
 
     # ----------------------------------------------------------------- runtime settings
     def enable_tiling(
-        self, encode_frames: int = 16, decode_latents: int = 4, stats: str = "two_pass"
+        self,
+        encode_frames: int = 16,
+        decode_latents: int = 4,
+        encode_stats: str = "two_pass",
+        decode_stats: str = "running",
     ) -> None:
         """Run the full-resolution parts in time chunks (expert settings; never saved).
 
         ``encode_frames`` video frames (a multiple of 4) per encoder chunk, ``decode_latents``
-        latent frames per decoder chunk; ``stats`` is how clip-wide GroupNorm statistics are
+        latent frames per decoder chunk; ``*_stats`` is how clip-wide GroupNorm statistics are
         obtained (``"two_pass"``, ``"running"`` or ``"chunk"``, see
         :mod:`cvvae.inference.streaming`). Memory then grows with the chunk, not the clip.
         """
-        self._chunk_plan = ChunkPlan(encode_frames, decode_latents, stats)
+        self._chunk_plan = ChunkPlan(encode_frames, decode_latents, encode_stats, decode_stats)
         self._memory_budget = None
 
-    def set_memory_budget(self, gib: float, stats: str = "two_pass") -> None:
+    def set_memory_budget(self, gib: float) -> None:
         """Pick chunk sizes per call so the estimated peak stays under ``gib`` GiB (logged)."""
         if gib <= 0:
             raise ValueError(f"memory budget must be positive, got {gib}")
-        self._memory_budget = (gib, stats)
+        self._memory_budget = gib
         self._chunk_plan = None
 
     def disable_tiling(self) -> None:
@@ -183,10 +187,9 @@ class CVVAE(ModelMixin, ConfigMixin):
     def _plan(self, frames: int, height: int, width: int) -> ChunkPlan | None:
         if self._memory_budget is None:
             return self._chunk_plan
-        gib, stats = self._memory_budget
         channels = self.config.block_out_channels
-        return plan_for_budget(gib * 2**30, frames, height, width, channels[0], channels[-1],
-                               self.dtype.itemsize, stats)
+        return plan_for_budget(self._memory_budget * 2**30, frames, height, width, channels[0],
+                               channels[-1], self.dtype.itemsize)
 
     # ----------------------------------------------------------------- encode / decode
     def encode(self, x: torch.Tensor, return_dict: bool = True):
@@ -200,7 +203,7 @@ class CVVAE(ModelMixin, ConfigMixin):
         if plan is None:
             moments = self.encoder(video)
         else:
-            moments = encode_moments(self.encoder, video, plan.encode_frames, plan.stats)
+            moments = encode_moments(self.encoder, video, plan.encode_frames, plan.encode_stats)
         if not torch.is_grad_enabled():
             check_finite(moments, self.encoder, lambda: self.encoder(video), "encoder")
         posterior = DiagonalGaussian(moments.squeeze(2) if image else moments)
@@ -231,7 +234,7 @@ class CVVAE(ModelMixin, ConfigMixin):
         if plan is None:
             x = self.decoder(z)
         else:
-            x = decode_latents(self.decoder, z, plan.decode_latents, plan.stats)
+            x = decode_latents(self.decoder, z, plan.decode_latents, plan.decode_stats)
         if not torch.is_grad_enabled():
             check_finite(x, self.decoder, lambda: self.decoder(z), "decoder")
         x = x[:, :, :num_frames, :height, :width]
