@@ -53,18 +53,18 @@ class Clip:
         return self.rate is None
 
 
-def _clip_size(args: argparse.Namespace) -> tuple[int, int] | None:
+def clip_size(args: argparse.Namespace) -> tuple[int, int] | None:
     if (args.height is None) != (args.width is None):
         raise UserInputError("--height and --width must be given together")
     return None if args.height is None else (args.height, args.width)
 
 
-def _read_clip(path: Path, args: argparse.Namespace) -> Clip:
+def read_clip(path: Path, args: argparse.Namespace) -> Clip:
     """Read ``path`` as an image (by extension) or a video, with the clip options in ``args``.
 
     A video read with ``--stride k`` keeps its playback speed: its rate becomes source rate / k.
     """
-    size = _clip_size(args)
+    size = clip_size(args)
     if is_image_path(path):
         if args.frames is not None or args.start != 0 or args.stride != 1:
             raise UserInputError(f"--frames, --start and --stride apply to videos only: {path}")
@@ -104,7 +104,7 @@ def _describe(clip: Clip) -> str:
 
 
 @torch.inference_mode()
-def _encode(
+def encode_clip(
     model: CVVAE, clip: Clip, device: torch.device, sample: bool, seed: int
 ) -> torch.Tensor:
     """Latents of one clip, float32 on the CPU: ``(C, t, h, w)`` or ``(C, h, w)`` for an image."""
@@ -118,7 +118,7 @@ def _encode(
 
 
 @torch.inference_mode()
-def _decode(
+def decode_clip(
     model: CVVAE, z: torch.Tensor, frames: int | None, height: int, width: int, device
 ) -> torch.Tensor:
     """Pixels ``(3, T, H, W)`` or ``(3, H, W)`` in [-1, 1], float32 on the CPU."""
@@ -201,14 +201,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     _check_output(args.output, is_image_path(args.input))
     with stages(4) as stage:
         with stage("reading"):
-            clip = _read_clip(args.input, args)
+            clip = read_clip(args.input, args)
             model = load_model(folder, device, DTYPES[args.dtype])
         with stage("encoding"):
-            z = _encode(model, clip, device, sample=False, seed=0)
+            z = encode_clip(model, clip, device, sample=False, seed=0)
         with stage("decoding"):
             *_, height, width = clip.pixels.shape
             frames = None if clip.is_image else clip.pixels.shape[1]
-            recon = Clip(_decode(model, z, frames, height, width, device), clip.rate)
+            recon = Clip(decode_clip(model, z, frames, height, width, device), clip.rate)
         with stage("writing"):
             _write_clip(args.output, recon)
     print(f"reconstructed {_describe(clip)} with {folder}")
@@ -234,10 +234,10 @@ def cmd_encode(args: argparse.Namespace) -> None:
         raise UserInputError(f"output folder does not exist: {args.output}")
     with stages(3) as stage:
         with stage("reading"):
-            clip = _read_clip(args.input, args)
+            clip = read_clip(args.input, args)
             model = load_model(folder, device, DTYPES[args.dtype])
         with stage("encoding"):
-            z = _encode(model, clip, device, args.sample, args.seed)
+            z = encode_clip(model, clip, device, args.sample, args.seed)
         with stage("writing"):
             meta = _latents_metadata(folder, model, clip, args.sample, args.seed, args.input)
             with atomic_path(args.output) as tmp:
@@ -260,7 +260,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
                 z = model.unscale_latents(z)
         with stage("decoding"):
             frames = None if is_image else int(meta["frames"])
-            pixels = _decode(model, z, frames, int(meta["height"]), int(meta["width"]), device)
+            pixels = decode_clip(model, z, frames, int(meta["height"]), int(meta["width"]), device)
             clip = Clip(pixels, None if is_image else Fraction(meta["fps"]))
         with stage("writing"):
             _write_clip(args.output, clip)
@@ -291,7 +291,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     print("config: " + json.dumps(config, indent=2))
 
 
-def _add_clip_options(p: argparse.ArgumentParser) -> None:
+def add_clip_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("clip options (the input is read with these)")
     g.add_argument(
         "--height",
@@ -329,7 +329,7 @@ def register(sub) -> None:
         help="output video (.mp4/.mov/.mkv) or image (.png/.jpg)",
     )
     add_model_options(p)
-    _add_clip_options(p)
+    add_clip_options(p)
     p.set_defaults(run=cmd_reconstruct)
 
     p = sub.add_parser(
@@ -349,7 +349,7 @@ def register(sub) -> None:
         "--sample", action="store_true", help="sample the posterior instead of taking its mean"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed for --sample")
-    _add_clip_options(p)
+    add_clip_options(p)
     p.set_defaults(run=cmd_encode)
 
     p = sub.add_parser(

@@ -13,7 +13,7 @@ import av
 import torch
 from tqdm import tqdm
 
-from cvvae.cli.codec import _add_clip_options, _clip_size, _encode, _read_clip
+from cvvae.cli.codec import add_clip_options, clip_size, encode_clip, read_clip
 from cvvae.cli.common import (
     DTYPES,
     Formatter,
@@ -94,7 +94,7 @@ def _encode_source(
 ) -> dict:
     """Read, encode and store one clip; its manifest row (failed with the reason if unreadable)."""
     try:
-        clip = _read_clip(source.path, args)
+        clip = read_clip(source.path, args)
     except (UserInputError, OSError, av.FFmpegError) as error:
         return failed_row(source, rank, str(error) or type(error).__name__)
     reason = None if clip.is_image else short_clip_reason(clip.pixels.shape[1], args.frames)
@@ -102,7 +102,7 @@ def _encode_source(
         return failed_row(source, rank, reason)
     seed = clip_seed(args.seed, source.index) if args.sample else None
     try:
-        z = _encode(model, clip, device, args.sample, seed or 0)
+        z = encode_clip(model, clip, device, args.sample, seed or 0)
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return failed_row(source, rank, f"out of memory encoding {tuple(clip.pixels.shape)}")
@@ -117,7 +117,7 @@ def cmd_encode_dataset(args: argparse.Namespace) -> None:
     folder, device = model_folder(args), resolve_device(args.device)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
-    _clip_size(args)
+    clip_size(args)
     sources = _sources(args.list)
     if not args.output.parent.is_dir():
         raise UserInputError(f"output folder's parent does not exist: {args.output}")
@@ -210,5 +210,5 @@ def register(sub) -> None:
     p.add_argument(
         "--retry-failed", action="store_true", help="encode again the clips recorded as failed"
     )
-    _add_clip_options(p)
+    add_clip_options(p)
     p.set_defaults(run=cmd_encode_dataset)
