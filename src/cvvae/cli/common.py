@@ -18,8 +18,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def default_model_path() -> Path | None:
-    """The model folder used when ``--model`` is not given; None while no bundled model exists."""
-    return None
+    """The model folder used when ``--model`` is not given: the bundled small CV-VAE
+    (``cvvae/assets/model``, see ``assets/MODEL_CARD.md``), or None when it is not installed."""
+    folder = Path(__file__).resolve().parents[1] / "assets" / "model"
+    return folder if (folder / "config.json").is_file() else None
 
 
 def resolve_device(name: str) -> torch.device:
