@@ -10,7 +10,7 @@ Stages (each timed and printed):
             30% of each clip, with cvvae.evaluation;
   report    reproduction.json, reproduction.md (table + claims), reproduction.png.
 
-    python benchmarks/reproduce.py --out runs/repro --docs docs          # ~40 min on 2 CPU cores
+    python benchmarks/reproduce.py --out runs/repro --docs docs          # ~30 min, 2 shared CPU cores
     python benchmarks/reproduce.py --quick --out /tmp/repro --docs /tmp/repro   # seconds
 """
 
