@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-MODEL ?= ../shared/reference/cvvae_sd21_tiny
+MODEL ?=
 CLIP ?= src/cvvae/assets/clip.mp4
 
 .PHONY: setup demo test test-all lint
@@ -17,7 +17,7 @@ setup: $(BIN)/cvvae
 
 demo: setup
 	mkdir -p out
-	$(BIN)/cvvae reconstruct $(CLIP) out/clip_reconstruction.mp4 --model $(MODEL)
+	$(BIN)/cvvae reconstruct $(CLIP) out/clip_reconstruction.mp4 --height 72 --width 128 $(if $(MODEL),--model $(MODEL))
 
 test: setup
 	$(BIN)/pytest
