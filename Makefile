@@ -10,7 +10,7 @@ CLIP ?= src/cvvae/assets/clip.mp4
 $(BIN)/cvvae: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,pipelines]'
 	touch $@
 
 setup: $(BIN)/cvvae
