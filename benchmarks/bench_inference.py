@@ -19,6 +19,7 @@ full pass decoding the full-pass latents.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -133,7 +134,7 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
     for name, (enc, dec) in modes.items():
         try:
             m, enc_t, enc_mem = meter(enc)
-            y, dec_t, dec_mem = meter(lambda: dec(m[:, :c]))
+            y, dec_t, dec_mem = meter(functools.partial(dec, m[:, :c]))
         except torch.OutOfMemoryError:
             rows.append(dict(mode=name, error="out of memory"))
             torch.cuda.empty_cache()

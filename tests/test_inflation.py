@@ -70,7 +70,7 @@ def test_inflated_model_round_trips(tmp_path, pair):
     _, model = pair
     model.save_pretrained(tmp_path)
     loaded = CVVAE.from_pretrained(tmp_path)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True))
 
 
 def test_rejects_image_vae_with_other_depth():

@@ -81,9 +81,9 @@ class StreamState:
 
     @staticmethod
     def _empty_output(conv: PaddedConv3d, x: torch.Tensor) -> torch.Tensor:
-        l, r, t, b = conv.pad_spec.space
-        h = (x.shape[3] + t + b - conv.kernel_size[1]) // conv.stride[1] + 1
-        w = (x.shape[4] + l + r - conv.kernel_size[2]) // conv.stride[2] + 1
+        left, right, top, bottom = conv.pad_spec.space
+        h = (x.shape[3] + top + bottom - conv.kernel_size[1]) // conv.stride[1] + 1
+        w = (x.shape[4] + left + right - conv.kernel_size[2]) // conv.stride[2] + 1
         return x.new_empty(x.shape[0], conv.out_channels, 0, h, w)
 
     def delay(self, owner: nn.Module, x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -190,7 +190,7 @@ def split_encoder_input(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor
     n = max(4, chunk_frames // 4 * 4)
     bounds = [0, 1 + n] + list(range(1 + 2 * n, x.shape[2], n))
     bounds = [b for b in bounds if b < x.shape[2]] + [x.shape[2]]
-    return [x[:, :, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return [x[:, :, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def split_time(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:

@@ -80,8 +80,9 @@ def _no_frames(x: torch.Tensor, channels: int, scale: int = 1) -> torch.Tensor:
 class PaddedConv3d(nn.Conv3d):
     """A 3D convolution whose padding is given explicitly (see :class:`Padding`).
 
-    Zero padding that is symmetric is left to the convolution itself (no copy); the rest is
-    applied before it. Input ``(B, Cin, T, H, W)``, output ``(B, Cout, T', H', W')``.
+    Symmetric spatial zero padding is left to the convolution itself (no copy); the rest is
+    applied before it. Time padding is always explicit, so that chunked execution can put
+    cached frames in its place. Input ``(B, Cin, T, H, W)``, output ``(B, Cout, T', H', W')``.
     """
 
     def __init__(
@@ -92,19 +93,15 @@ class PaddedConv3d(nn.Conv3d):
         padding: Padding,
         stride: int | tuple[int, int, int] = 1,
     ):
-        l, r, t, b = padding.space
-        space_in_conv = padding.space_mode == "zeros" and l == r == t == b
-        time_in_conv = False  # time padding stays explicit so chunked execution can replace it
-        conv_padding = (
-            padding.time[0] if time_in_conv else 0,
-            t if space_in_conv else 0,
-            l if space_in_conv else 0,
-        )
+        left, right, top, bottom = padding.space
+        space_in_conv = padding.space_mode == "zeros" and left == right == top == bottom
+        # time padding always stays explicit, so chunked execution can replace it with a cache
+        conv_padding = (0, top, left) if space_in_conv else 0
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=conv_padding)
         self.pad_spec = padding
         self.frames_per_latent = 1  # its output frames per latent frame (set by the network)
         self._pad_space = None if space_in_conv or not any(padding.space) else padding.space
-        self._pad_time = None if time_in_conv or not any(padding.time) else padding.time
+        self._pad_time = padding.time if any(padding.time) else None
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the padding that the convolution does not do itself."""
@@ -137,8 +134,6 @@ class PaddedConv3d(nn.Conv3d):
 
     def conv_valid_time(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution over frames that are already time-padded (space padded here)."""
-        if self.padding[0]:
-            raise RuntimeError("time padding done by the conv itself cannot be streamed")
         return super().forward(self.pad_space(x))
 
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:

@@ -19,11 +19,11 @@ if TYPE_CHECKING:
 
 from .layers import (
     Downsample,
-    VideoGroupNorm,
     MidAttention,
     PaddedConv3d,
     ResnetBlock,
     Upsample,
+    VideoGroupNorm,
     causal_padding,
     centered_padding,
 )
