@@ -34,3 +34,15 @@ def test_inflate_errors_exit_2_and_write_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("cvvae: error:") and "bad" in err and "\n" not in err
     assert not out.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_memory_budget_runs_in_chunks_and_says_so(tmp_path, capsys, caplog, video_paths):
+    out = tmp_path / "recon.mp4"
+    argv = ["reconstruct", str(video_paths[0]), str(out), "--frames", "13", "--height", "32",
+            "--width", "48", "--memory-budget", "0.001"]
+    with caplog.at_level("INFO", logger="cvvae"):
+        assert main(argv) == 0
+    assert "frames per encoder chunk" in caplog.text
+    assert "PSNR" in capsys.readouterr().out and out.is_file()
+    assert main(argv[:-2] + ["--memory-budget", "0"]) == 2
+    assert "must be > 0" in capsys.readouterr().err

@@ -7,6 +7,7 @@ through ``register(sub)``.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from diffusers.utils import logging as diffusers_logging
@@ -46,9 +47,20 @@ def build_parser() -> Parser:
     return parser
 
 
+def _show_cvvae_log() -> None:
+    """Print the library's own log lines (e.g. the chunk sizes a memory budget picked)."""
+    logger = logging.getLogger("cvvae")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("cvvae: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     diffusers_logging.set_verbosity_error()  # its warnings are not for CLI users
+    _show_cvvae_log()
     try:
         args = build_parser().parse_args(argv)
         args.run(args)

@@ -202,7 +202,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     with stages(4) as stage:
         with stage("reading"):
             clip = read_clip(args.input, args)
-            model = load_model(folder, device, DTYPES[args.dtype])
+            model = load_model(folder, device, DTYPES[args.dtype], args.memory_budget)
         with stage("encoding"):
             z = encode_clip(model, clip, device, sample=False, seed=0)
         with stage("decoding"):
@@ -235,7 +235,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     with stages(3) as stage:
         with stage("reading"):
             clip = read_clip(args.input, args)
-            model = load_model(folder, device, DTYPES[args.dtype])
+            model = load_model(folder, device, DTYPES[args.dtype], args.memory_budget)
         with stage("encoding"):
             z = encode_clip(model, clip, device, args.sample, args.seed)
         with stage("writing"):
@@ -254,7 +254,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     _check_output(args.output, is_image)
     with stages(3) as stage:
         with stage("loading"):
-            model = load_model(folder, device, DTYPES[args.dtype])
+            model = load_model(folder, device, DTYPES[args.dtype], args.memory_budget)
             _check_latents_fit(z, meta, model, args.input)
             if meta.get("latents_scaled") == "true":
                 z = model.unscale_latents(z)

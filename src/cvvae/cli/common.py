@@ -39,10 +39,16 @@ def model_folder(args: argparse.Namespace) -> Path:
     return Path(folder)
 
 
-def load_model(folder: Path, device: torch.device, dtype: torch.dtype | None) -> CVVAE:
+def load_model(
+    folder: Path, device: torch.device, dtype: torch.dtype | None, memory_budget: float | None = None
+) -> CVVAE:
+    """Load a model folder onto ``device``; with ``memory_budget`` (GiB) it runs in chunks."""
     if not folder.is_dir():
         raise UserInputError(f"model folder not found: {folder}")
-    return CVVAE.from_pretrained(folder, torch_dtype=dtype).to(device)
+    model = torch.nn.Module.to(CVVAE.from_pretrained(folder), device, dtype)
+    if memory_budget is not None:
+        model.set_memory_budget(memory_budget)
+    return model
 
 
 @contextmanager
@@ -87,6 +93,16 @@ def positive(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
 def non_negative(text: str) -> int:
     value = integer(text)
     if value < 0:
@@ -112,4 +128,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         choices=list(DTYPES),
         default="float32",
         help="model weights and compute precision",
+    )
+    p.add_argument(
+        "--memory-budget",
+        type=positive_float,
+        metavar="GIB",
+        help="run long or large videos in time chunks sized to stay under about GIB GiB "
+        "(the chosen chunk sizes are logged); default: one exact full pass",
     )

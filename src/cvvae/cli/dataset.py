@@ -122,7 +122,7 @@ def cmd_encode_dataset(args: argparse.Namespace) -> None:
     if not args.output.parent.is_dir():
         raise UserInputError(f"output folder's parent does not exist: {args.output}")
     args.output.mkdir(exist_ok=True)
-    model = load_model(folder, device, DTYPES[args.dtype])
+    model = load_model(folder, device, DTYPES[args.dtype], args.memory_budget)
     write_settings(args.output, _settings(folder, model, args))
     share = rank_share(len(sources), rank, world)
     todo = pending(sources, share, merged_manifest(args.output), args.retry_failed)
