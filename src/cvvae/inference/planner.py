@@ -9,6 +9,7 @@ measured peaks (see docs/performance.md); the plan is logged on the ``cvvae`` lo
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from .streaming import STATS_MODES
@@ -32,12 +33,15 @@ class ChunkPlan:
     decode_latents: int = 4
     encode_stats: str = "two_pass"
     decode_stats: str = "running"
+    tile_size: int | None = None  # spatial tiles of about this many video pixels (two-pass stats)
 
     def __post_init__(self):
         if self.encode_frames < MIN_ENCODE_FRAMES or self.encode_frames % 4:
             raise ValueError(f"encode_frames must be a multiple of 4 and >= 4, got {self.encode_frames}")
         if self.decode_latents < 1:
             raise ValueError(f"decode_latents must be >= 1, got {self.decode_latents}")
+        if self.tile_size is not None and self.tile_size < 64:
+            raise ValueError(f"tile_size must be >= 64 pixels, got {self.tile_size}")
         for stats in (self.encode_stats, self.decode_stats):
             if stats not in STATS_MODES:
                 raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
@@ -60,15 +64,17 @@ def plan_for_budget(
     room = max(0.0, budget_bytes - whole) / per_frame - 2  # two cached frames ride along
     encode_frames = max(MIN_ENCODE_FRAMES, int(room) // 4 * 4)
     decode_latents = max(1, int(room) // 4)
-    if room < MIN_ENCODE_FRAMES:
-        logger.warning(
-            "memory budget %.2f GiB is below the estimate for %d frames of %dx%d; using the "
-            "smallest chunks", budget_bytes / 2**30, MIN_ENCODE_FRAMES, width, height,
-        )
-    plan = ChunkPlan(encode_frames, decode_latents)
+    tile = None
+    if room < MIN_ENCODE_FRAMES:  # even the smallest chunk is too big: tile the frame too
+        area = max(0.0, budget_bytes - whole) / (per_frame / pixels * (MIN_ENCODE_FRAMES + 2))
+        tile = max(64, int(math.sqrt(area)) // 8 * 8)
+        if tile >= max(height, width):
+            tile = None
+    plan = ChunkPlan(encode_frames, decode_latents, tile_size=tile)
     logger.info(
         "memory budget %.2f GiB for %d frames %dx%d: %d frames per encoder chunk, %d latent "
-        "frames per decoder chunk", budget_bytes / 2**30, frames, width, height,
+        "frames per decoder chunk, %s", budget_bytes / 2**30, frames, width, height,
         plan.encode_frames, plan.decode_latents,
+        f"spatial tiles of {tile} px" if tile else "whole frames",
     )
     return plan

@@ -17,12 +17,14 @@ how they are obtained:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..models.layers import PaddedConv3d, VideoGroupNorm
+from .tiling import Tile, decoder_halo, encoder_halo, tile_grid
 
 STATS_MODES = ("two_pass", "running", "chunk")
 
@@ -39,11 +41,17 @@ class StreamState:
     all flow at once.
     """
 
-    def __init__(self, stats_mode: str, frozen_stats: dict | None = None, max_latents: int | None = None):
+    def __init__(
+        self,
+        stats_mode: str,
+        frozen_stats: dict | None = None,
+        max_latents: int | None = None,
+        totals: dict | None = None,
+    ):
         self.stats_mode = stats_mode
         self.frozen_stats = frozen_stats or {}
         self.max_latents = max_latents
-        self.totals: dict[nn.Module, _Moments] = {}
+        self.totals: dict[nn.Module, _Moments] = {} if totals is None else totals  # may be shared
         self._upstream_done = False
         self._pending: dict[nn.Module, torch.Tensor] = {}
         self._started: set[nn.Module] = set()
@@ -124,7 +132,11 @@ class StreamState:
 
     def clip_stats(self) -> dict:
         """Per-norm ``(mean, var)`` of everything seen in this pass, ``(B, G)`` float64."""
-        return {norm: (m.mean, m.var) for norm, m in self.totals.items()}
+        return _as_stats(self.totals)
+
+
+def _as_stats(totals: dict) -> dict:
+    return {norm: (m.mean, m.var) for norm, m in totals.items()}
 
 
 class _Moments:
@@ -184,6 +196,43 @@ def run_trunk(
     return _run_chunks(trunk, chunks, frozen, out_frames)
 
 
+def run_trunk_tiled(
+    trunk: Callable,
+    x: torch.Tensor,
+    split: Callable[[torch.Tensor], list[torch.Tensor]],
+    out_frames: int,
+    max_latents: int,
+    tiles: list[Tile],
+    scale: tuple[int, int],
+    frozen: dict | None = None,
+) -> torch.Tensor:
+    """Like :func:`run_trunk` with ``"two_pass"`` statistics, over spatial tiles of ``x`` too.
+
+    The first pass runs each tile's own region (no halo) and pools every tile's statistics;
+    the second runs each tile with its halo under those frozen statistics and keeps its own
+    region, so tiles agree on normalisation and meet without seams. ``split`` cuts a tile's
+    clip into time chunks; ``scale = (num, den)`` maps input to output pixels; ``frozen``
+    statistics, when given, replace the first pass.
+    """
+    num, den = scale
+    if frozen is None:
+        shared: dict = {}
+        for tile in tiles:
+            state = StreamState("running", max_latents=max_latents, totals=shared)
+            _run_chunks(trunk, split(x[..., tile.own[0], tile.own[1]]), state, out_frames, keep=False)
+        frozen = _as_stats(shared)
+    out = None
+    for tile in tiles:
+        state = StreamState("frozen", frozen, max_latents)
+        y = _run_chunks(trunk, split(x[..., tile.padded[0], tile.padded[1]]), state, out_frames)
+        if out is None:
+            out = y.new_empty(*y.shape[:3], x.shape[3] * num // den, x.shape[4] * num // den)
+        rows, cols = (tile.crop(axis, num, den) for axis in (0, 1))
+        out[..., tile.own[0].start * num // den : tile.own[0].stop * num // den,
+            tile.own[1].start * num // den : tile.own[1].stop * num // den] = y[..., rows, cols]
+    return out
+
+
 def split_encoder_input(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
     """Split ``(B, C, 1 + 4k, H, W)`` into a first chunk of ``1 + n`` frames and then chunks of
     ``n`` frames, ``n = chunk_frames`` rounded down to a multiple of 4 (at least 4)."""
@@ -199,20 +248,38 @@ def split_time(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def encode_moments(encoder: nn.Module, x: torch.Tensor, chunk_frames: int, stats: str) -> torch.Tensor:
-    """Encoder moments of ``(B, 3, 1 + 4k, H, W)`` with the trunk run ``chunk_frames`` at a time."""
+def encode_moments(
+    encoder: nn.Module, x: torch.Tensor, chunk_frames: int, stats: str, tile: int | None = None
+) -> torch.Tensor:
+    """Encoder moments of ``(B, 3, 1 + 4k, H, W)`` with the trunk run ``chunk_frames`` at a time
+    (and over ``tile``-pixel spatial tiles with halos, two-pass statistics, when given)."""
     latent_frames = 1 + (x.shape[2] - 1) // 4
+    per_chunk = max(4, chunk_frames) // 4 + 1  # the first chunk's 1 + n frames pass in one call
+    if tile is not None:
+        tiles = tile_grid(x.shape[3], x.shape[4], tile, encoder_halo(len(encoder.down[0].block)), align=8)
+        if len(tiles) > 1:
+            split = functools.partial(split_encoder_input, chunk_frames=chunk_frames)
+            h = run_trunk_tiled(encoder.trunk, x, split, latent_frames, per_chunk, tiles, (1, 8))
+            return encoder.head(h)
     chunks = split_encoder_input(x, chunk_frames)
-    per_chunk = chunks[1].shape[2] // 4 if len(chunks) > 1 else latent_frames
     return encoder.head(run_trunk(encoder.trunk, chunks, stats, latent_frames, per_chunk))
 
 
 @torch.no_grad()
-def decode_latents(decoder: nn.Module, z: torch.Tensor, chunk_latents: int, stats: str) -> torch.Tensor:
+def decode_latents(
+    decoder: nn.Module, z: torch.Tensor, chunk_latents: int, stats: str, tile: int | None = None
+) -> torch.Tensor:
     """Decoded video of latents ``(B, C, t, h, w)``, the trunk run ``chunk_latents`` latent
-    frames at a time."""
+    frames at a time (and over ``tile``-pixel output tiles with halos, two-pass statistics,
+    when given)."""
     frames = 1 + 4 * (z.shape[2] - 1)
-    chunks = split_time(decoder.head(z), chunk_latents)
-    return run_trunk(decoder.trunk, chunks, stats, frames, chunk_latents)
+    h = decoder.head(z)
+    if tile is not None:
+        halo = decoder_halo(len(decoder.up[0].block) - 1)
+        tiles = tile_grid(h.shape[3], h.shape[4], max(1, tile // 8), halo, align=1)
+        if len(tiles) > 1:
+            split = functools.partial(split_time, chunk_frames=chunk_latents)
+            return run_trunk_tiled(decoder.trunk, h, split, frames, chunk_latents, tiles, (8, 1))
+    return run_trunk(decoder.trunk, split_time(h, chunk_latents), stats, frames, chunk_latents)
 
 

@@ -161,6 +161,7 @@ class CVVAE(ModelMixin, ConfigMixin):
         decode_latents: int = 4,
         encode_stats: str = "two_pass",
         decode_stats: str = "running",
+        tile_size: int | None = None,
     ) -> None:
         """Run the full-resolution parts in time chunks (expert settings; never saved).
 
@@ -168,8 +169,11 @@ class CVVAE(ModelMixin, ConfigMixin):
         latent frames per decoder chunk; ``*_stats`` is how clip-wide GroupNorm statistics are
         obtained (``"two_pass"``, ``"running"`` or ``"chunk"``, see
         :mod:`cvvae.inference.streaming`). Memory then grows with the chunk, not the clip.
+        ``tile_size`` (video pixels) also splits each frame into tiles with halos; tiles need the
+        statistics before they run, so they always use ``"two_pass"``.
         """
-        self._chunk_plan = ChunkPlan(encode_frames, decode_latents, encode_stats, decode_stats)
+        self._chunk_plan = ChunkPlan(encode_frames, decode_latents, encode_stats, decode_stats,
+                                     tile_size)
         self._memory_budget = None
 
     def set_memory_budget(self, gib: float) -> None:
@@ -203,7 +207,8 @@ class CVVAE(ModelMixin, ConfigMixin):
         if plan is None:
             moments = self.encoder(video)
         else:
-            moments = encode_moments(self.encoder, video, plan.encode_frames, plan.encode_stats)
+            moments = encode_moments(self.encoder, video, plan.encode_frames, plan.encode_stats,
+                                     plan.tile_size)
         if not torch.is_grad_enabled():
             check_finite(moments, self.encoder, lambda: self.encoder(video), "encoder")
         posterior = DiagonalGaussian(moments.squeeze(2) if image else moments)
@@ -234,7 +239,7 @@ class CVVAE(ModelMixin, ConfigMixin):
         if plan is None:
             x = self.decoder(z)
         else:
-            x = decode_latents(self.decoder, z, plan.decode_latents, plan.decode_stats)
+            x = decode_latents(self.decoder, z, plan.decode_latents, plan.decode_stats, plan.tile_size)
         if not torch.is_grad_enabled():
             check_finite(x, self.decoder, lambda: self.decoder(z), "decoder")
         x = x[:, :, :num_frames, :height, :width]
