@@ -109,7 +109,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(4 / mse)
 
 
-def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, int], with_reference: bool) -> list[dict]:
+def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, int], with_reference: bool,
+              ours: list[str], tile: int | None) -> list[dict]:
     c = model.config.latent_channels
     rows = []
     model.disable_tiling()
@@ -121,13 +122,15 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
     modes = {}
     if with_reference:
         modes["reference"] = (lambda: reference_encode(model, x), lambda z: reference_decode(model, z))
-    for name, (enc_stats, dec_stats) in STATS.items():
+    for name in ours:
+        enc_stats, dec_stats = STATS[name]
+
         def enc(stats=enc_stats):
-            model.enable_tiling(*chunks, encode_stats=stats)
+            model.enable_tiling(*chunks, encode_stats=stats, tile_size=tile)
             return model.encode(x).latent_dist.parameters
 
         def dec(z, stats=dec_stats):
-            model.enable_tiling(*chunks, decode_stats=stats)
+            model.enable_tiling(*chunks, decode_stats=stats, tile_size=tile)
             return model.decode(z).sample
 
         modes[name] = (enc, dec)
@@ -159,6 +162,8 @@ def main() -> None:
                         help="our chunk sizes: video frames per encoder chunk, latents per decoder chunk "
                         "(default: the reference's window sizes)")
     parser.add_argument("--no-reference", action="store_true", help="skip the released-tiling baseline")
+    parser.add_argument("--ours", nargs="+", default=list(STATS), choices=list(STATS), help="which of our modes to run")
+    parser.add_argument("--tile", type=int, default=None, help="our spatial tile size in pixels (default: whole frames)")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")
     parser.add_argument("--out", type=Path, default=Path("benchmark-inference.json"))
     args = parser.parse_args()
@@ -170,7 +175,7 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes] if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     repeats = args.repeats or (1 if args.quick else 3)
     meter = Meter(device, repeats)
-    results = {"chunks": args.chunks, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    results = {"chunks": args.chunks, "tile": args.tile, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "torch": torch.__version__, "dtype": args.dtype, "repeats": repeats,
                "channels_last": args.channels_last, "command": " ".join(sys.argv), "rows": []}
     header = f"{'model':10} {'size':>14} {'mode':>16} {'enc s':>8} {'dec s':>8} {'enc MiB':>9} {'dec MiB':>9} {'lat err':>8} {'PSNR':>6}"
@@ -185,7 +190,7 @@ def main() -> None:
             if args.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             try:
-                rows = run_modes(model, x, meter, tuple(args.chunks), not args.no_reference)
+                rows = run_modes(model, x, meter, tuple(args.chunks), not args.no_reference, args.ours, args.tile)
             except torch.OutOfMemoryError:
                 rows = [dict(mode="full", error="out of memory")]
                 torch.cuda.empty_cache()
