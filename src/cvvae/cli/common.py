@@ -110,13 +110,8 @@ def non_negative(text: str) -> int:
     return value
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        type=Path,
-        help="model folder (config.json + diffusion_pytorch_model.safetensors); "
-        "a released CV-VAE folder or one saved by cvvae. Default: the bundled model, if installed",
-    )
+def add_device_options(p) -> None:
+    """``--device`` and ``--dtype`` on a parser or argument group."""
     p.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
@@ -129,6 +124,16 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         default="float32",
         help="model weights and compute precision",
     )
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="model folder (config.json + diffusion_pytorch_model.safetensors); "
+        "a released CV-VAE folder or one saved by cvvae. Default: the bundled model, if installed",
+    )
+    add_device_options(p)
     p.add_argument(
         "--memory-budget",
         type=positive_float,

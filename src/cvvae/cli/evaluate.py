@@ -15,6 +15,7 @@ from tqdm import tqdm
 from cvvae.cli.common import (
     DTYPES,
     Formatter,
+    add_device_options,
     default_model_path,
     load_model,
     non_negative,
@@ -322,18 +323,7 @@ def register(sub) -> None:
         metavar="PATH",
         help="LPIPS safetensors file (see docs/training.md); adds the LPIPS metric",
     )
-    g.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="where to run the models; auto = cuda if available, else cpu",
-    )
-    g.add_argument(
-        "--dtype",
-        choices=list(DTYPES),
-        default="float32",
-        help="model weights and compute precision (metrics are float64)",
-    )
+    add_device_options(g)
 
     g = p.add_argument_group("inputs and protocol")
     src = g.add_mutually_exclusive_group()
