@@ -309,7 +309,7 @@ class CVVAE(ModelMixin, ConfigMixin):
         )
         model.load_state_dict(tensors, strict=True, assign=True)
         if torch_dtype is not None:
-            model = model.to(torch_dtype)
+            model = torch.nn.Module.to(model, torch_dtype)  # ModelMixin.to warns on every cast
         return model.eval()
 
 
