@@ -1,23 +1,13 @@
 """`cvvae inflate` from the command line."""
 
-import torch
-from diffusers import AutoencoderKL
+from builders import tiny_image_vae
 
 from cvvae import CVVAE
 from cvvae.cli import main
 
 
-def _image_vae(folder):
-    torch.manual_seed(0)
-    AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
-        latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    ).save_pretrained(folder)
-
-
 def test_inflate_writes_a_loadable_model(tmp_path):
-    _image_vae(tmp_path / "image_vae")
+    tiny_image_vae().save_pretrained(tmp_path / "image_vae")
     assert main(["inflate", "--image-vae", str(tmp_path / "image_vae"), str(tmp_path / "video_vae")]) == 0
     model = CVVAE.from_pretrained(tmp_path / "video_vae")
     assert model.config.latent_channels == 4

@@ -5,25 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
+from builders import tiny_image_vae
 from PIL import Image
 
 from cvvae import inflate_from_image_vae
 from cvvae.cli import main
 from cvvae.io import write_image, write_video
 from cvvae.training.lpips import LPIPS, save_lpips_weights
-
-
-def tiny_image_vae(latent_channels: int = 4) -> AutoencoderKL:
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        latent_channels=latent_channels,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    ).eval()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
+from builders import tiny_image_vae
 
 from cvvae import CVVAE, inflate_from_image_vae
 from cvvae.evaluation import (
@@ -27,16 +27,8 @@ TOL = 1e-4  # float32 round-off through the two networks (as in test_inflation.p
 
 
 @pytest.fixture(scope="module")
-def image_vae() -> AutoencoderKL:
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    ).eval()
+def image_vae():
+    return tiny_image_vae()
 
 
 @pytest.fixture(scope="module")

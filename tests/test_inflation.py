@@ -2,20 +2,12 @@
 
 import pytest
 import torch
+from builders import tiny_image_vae
 from diffusers import AutoencoderKL
 
 from cvvae import CVVAE, inflate_from_image_vae
 
 TOL = 1e-4
-
-
-def tiny_image_vae(seed: int = 0) -> AutoencoderKL:
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
-        latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    ).eval()
 
 
 @pytest.fixture(scope="module")

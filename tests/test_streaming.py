@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from builders import clip_statistics
 from safetensors.torch import load_file
 
 from cvvae import CVVAE
@@ -23,13 +24,6 @@ def reference(request, reference_dir):
     return CVVAE.from_pretrained(folder), load_file(folder / "reference_io.safetensors")
 
 
-def _exact_stats(trunk, x):
-    state = StreamState("running")
-    state.begin_call(final=True)
-    trunk(x, state)
-    return state.clip_stats()
-
-
 @torch.no_grad()
 @pytest.mark.parametrize("chunk_frames", [4, 20])
 def test_encoder_chunks_equal_full_pass_given_clip_statistics(reference, chunk_frames):
@@ -37,7 +31,7 @@ def test_encoder_chunks_equal_full_pass_given_clip_statistics(reference, chunk_f
     model, ref = reference
     x = ref["video33.input"]
     full = model.encoder.trunk(x)
-    state = StreamState("frozen", _exact_stats(model.encoder.trunk, x), max_latents=chunk_frames // 4)
+    state = StreamState("frozen", clip_statistics(model.encoder.trunk, x), max_latents=chunk_frames // 4)
     chunked = _run_chunks(model.encoder.trunk, split_encoder_input(x, chunk_frames), state, full.shape[2])
     assert (chunked - full).abs().max() < 1e-4
 
@@ -49,7 +43,7 @@ def test_decoder_chunks_equal_full_pass_given_clip_statistics(reference, chunk_l
     z = ref["video33.moments"][:, : model.config.latent_channels]
     h = model.decoder.head(z)
     full = model.decoder.trunk(h)
-    state = StreamState("frozen", _exact_stats(model.decoder.trunk, h), max_latents=chunk_latents)
+    state = StreamState("frozen", clip_statistics(model.decoder.trunk, h), max_latents=chunk_latents)
     chunked = _run_chunks(model.decoder.trunk, split_time(h, chunk_latents), state, full.shape[2])
     assert (chunked - full).abs().max() < 1e-4
 

@@ -4,22 +4,15 @@ import functools
 
 import pytest
 import torch
+from builders import clip_statistics
 
 from cvvae import CVVAE
 from cvvae.inference.streaming import (
-    StreamState,
     run_trunk_tiled,
     split_encoder_input,
     split_time,
 )
 from cvvae.inference.tiling import decoder_halo, encoder_halo, tile_grid
-
-
-def _exact_stats(trunk, x):
-    state = StreamState("running")
-    state.begin_call(final=True)
-    trunk(x, state)
-    return state.clip_stats()
 
 
 def _models(reference_dir):
@@ -40,14 +33,14 @@ def test_tiles_with_halos_equal_the_full_pass_given_clip_statistics(reference_di
         assert len(tiles) == 8
         split = functools.partial(split_encoder_input, chunk_frames=4)
         tiled = run_trunk_tiled(model.encoder.trunk, x, split, full.shape[2], 1, tiles, (1, 8),
-                                frozen=_exact_stats(model.encoder.trunk, x))
+                                frozen=clip_statistics(model.encoder.trunk, x))
         assert (tiled - full).abs().max() < 1e-4
 
         h = model.decoder.head(torch.randn(1, model.config.latent_channels, 3, 12, 28))
         full = model.decoder.trunk(h)
         tiles = tile_grid(12, 28, 8, decoder_halo(blocks), align=1)
         tiled = run_trunk_tiled(model.decoder.trunk, h, functools.partial(split_time, chunk_frames=1),
-                                full.shape[2], 1, tiles, (8, 1), frozen=_exact_stats(model.decoder.trunk, h))
+                                full.shape[2], 1, tiles, (8, 1), frozen=clip_statistics(model.decoder.trunk, h))
         assert (tiled - full).abs().max() < 1e-4
 
 
