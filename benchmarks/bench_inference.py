@@ -6,7 +6,9 @@ windows, see reference_tiling.py), and chunked streaming with 16-frame encoder c
 default plan: two-pass statistics in the encoder, running in the decoder), ``ours-running``
 and ``ours-two_pass`` (one statistics mode for both; see cvvae.inference.streaming).
 
-Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, and on the CPU the most tensor bytes
+With ``--device meta`` nothing is computed: the peak tensor bytes of every mode are counted at any
+size in seconds (no times, no deviations), which is how the 720p peaks of full-size models are
+checked without a GPU. Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, and on the CPU the most tensor bytes
 alive at once (cvvae.inference.memory.PeakMemory: deterministic, unlike process RSS, which the
 allocator and other processes blur). Times are medians over ``--repeats`` runs after a warm-up.
 Deviation: max |latent - full-pass latent|, and PSNR of each mode's decoded video against the
@@ -14,6 +16,7 @@ full pass decoding the full-pass latents.
 
     python benchmarks/bench_inference.py --quick            # a few minutes on the 2-core CPU
     python benchmarks/bench_inference.py --device cuda --out docs/bench-h100.json
+    python benchmarks/bench_inference.py --device meta --models sd21_full --sizes 17x720x1280 --chunks 4 1 --tile 320
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reference_tiling import reference_decode, reference_encode  # noqa: E402
@@ -71,7 +75,8 @@ def synthetic_clip(frames: int, height: int, width: int, seed: int = 0) -> torch
 
 
 class Meter:
-    """Median time and peak memory of a callable on ``device``."""
+    """Median time and peak memory of a callable on ``device`` (on ``meta`` the peak only: the
+    time is None)."""
 
     def __init__(self, device: torch.device, repeats: int):
         self.device, self.repeats = device, repeats
@@ -101,10 +106,12 @@ class Meter:
                     out = fn()
                 peak = max(peak, meter.peak_bytes)
             times.append(time.perf_counter() - start)
-        return out, statistics.median(times), peak
+        return out, None if self.device.type == "meta" else statistics.median(times), peak
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    if a.device.type == "meta":
+        return None
     mse = (a.float() - b.float()).pow(2).mean().item()
     return float("inf") if mse == 0 else 10 * math.log10(4 / mse)
 
@@ -142,11 +149,31 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
             rows.append(dict(mode=name, error="out of memory"))
             torch.cuda.empty_cache()
             continue
+        err = None if m.device.type == "meta" else (m - full_m).abs().max().item()
         rows.append(dict(mode=name, encode_s=enc_t, decode_s=dec_t, encode_peak=enc_mem, decode_peak=dec_mem,
-                         latent_max_err=(m - full_m).abs().max().item(), decoded_psnr=psnr(y, full_x)))
+                         latent_max_err=err, decoded_psnr=psnr(y, full_x)))
         del m, y
     model.disable_tiling()
     return rows
+
+
+def count_fused_attention_on_meta() -> None:
+    """On ``meta`` PyTorch lowers ``scaled_dot_product_attention`` to its math path, which
+    materialises the ``L x L`` score matrix that fused GPU and CPU kernels never allocate; route it
+    to the fused (flash) kernel's meta function so the meter counts what real runs allocate."""
+    math_path = F.scaled_dot_product_attention
+
+    def fused(q, k, v, *args, **kwargs):
+        if q.device.type != "meta" or args or kwargs:
+            return math_path(q, k, v, *args, **kwargs)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[0]
+
+    F.scaled_dot_product_attention = fused
+
+
+def fmt(value: float | None, width: int, digits: int) -> str:
+    """``value`` right-aligned in ``width`` columns, or ``-`` when not measured."""
+    return f"{'-':>{width}}" if value is None else f"{value:{width}.{digits}f}"
 
 
 def main() -> None:
@@ -172,6 +199,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if device.type == "meta":
+        count_fused_attention_on_meta()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes] if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     repeats = args.repeats or (1 if args.quick else 3)
     meter = Meter(device, repeats)
@@ -200,9 +229,9 @@ def main() -> None:
                 if "error" in row:
                     print(f"{spec:10} {t:>4}x{h}x{w:<5} {row['mode']:>16} {row['error']}")
                     continue
-                print(f"{spec:10} {t:>4}x{h}x{w:<5} {row['mode']:>16} {row['encode_s']:8.3f} {row['decode_s']:8.3f} "
-                      f"{row['encode_peak'] / 2**20:9.1f} {row['decode_peak'] / 2**20:9.1f} "
-                      f"{row['latent_max_err']:8.4f} {row['decoded_psnr']:6.1f}", flush=True)
+                print(f"{spec:10} {t:>4}x{h}x{w:<5} {row['mode']:>16} {fmt(row['encode_s'], 8, 3)} "
+                      f"{fmt(row['decode_s'], 8, 3)} {row['encode_peak'] / 2**20:9.1f} {row['decode_peak'] / 2**20:9.1f} "
+                      f"{fmt(row['latent_max_err'], 8, 4)} {fmt(row['decoded_psnr'], 6, 1)}", flush=True)
             del x
         del model
     args.out.write_text(json.dumps(results, indent=1))

@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import mean
 
 import torch
 import yaml
@@ -32,6 +33,8 @@ from diffusers import AutoencoderKL
 
 from cvvae import CVVAE
 from cvvae.evaluation import evaluate_video, summarize_videos
+from cvvae.evaluation.sampling import fill_frames, keyframe_indices
+from cvvae.evaluation.scores import frame_scores
 from cvvae.io import read_video, write_video
 from cvvae.models.inflation import config_from_image_vae
 from cvvae.training import load_config, train
@@ -266,15 +269,28 @@ def held_out_segments(videos: list[Path], clips: list[dict], s: Settings) -> lis
     return segments
 
 
+def motion_psnr(clip: torch.Tensor) -> float:
+    """PSNR of the in-between frames of ``clip`` ``(3, 1+4k, H, W)`` filled by linear
+    interpolation of its own uncoded keyframes: what motion alone costs uniform sampling."""
+    keys = keyframe_indices(clip.shape[1])
+    between = torch.ones(clip.shape[1], dtype=torch.bool)
+    between[keys] = False
+    filled = fill_frames(clip[:, keys], "linear")
+    return float(frame_scores(clip[:, between], filled[:, between]).psnr.mean())
+
+
 def evaluate_all(segments: list[dict], models: dict, image_vae: AutoencoderKL) -> dict:
-    """Evaluate every model and the baselines on every segment; summary plus per-clip PSNR."""
-    results = []
+    """Evaluate every model and the baselines on every segment; summary, per-clip PSNR and
+    per-clip motion PSNR (:func:`motion_psnr`)."""
+    results, motion = [], []
     for seg in segments:
         clip, _ = read_video(seg["path"], start=seg["frames"][0], num_frames=EVAL_FRAMES, size=SIZE)
         results.append(evaluate_video(clip, models, image_vae, baselines=True))
+        motion.append(motion_psnr(clip))
         print(f"  evaluated {seg['source']} frames {seg['frames']}", flush=True)
     per_clip = [{name: float(r.scores[name].psnr.mean()) for name in r.scores} for r in results]
-    return {"summary": summarize_videos(results), "per_clip_psnr": per_clip}
+    return {"summary": summarize_videos(results), "per_clip_psnr": per_clip,
+            "per_clip_motion_psnr": motion}
 
 
 def bars(summary: dict, model: str) -> dict:
@@ -410,6 +426,7 @@ def claims(data: dict) -> list[str]:
     """Each of the paper's claims with our numbers and a plain verdict."""
     summary, best = data["summary"], data["best"]
     m, comp = summary["methods"], summary["compatibility"]
+    motion = data["per_clip_motion_psnr"]
     verdict = {True: "**holds**", False: "**does not hold**"}
     out = [
         f"One seed and {len(data['eval']['segments'])} segments: PSNR differences under about"
@@ -459,8 +476,13 @@ def claims(data: dict) -> list[str]:
         f" issue 4's bar of 2 dB {'met' if margin >= 2 else 'not met'}). The held-out footage"
         f" barely moves at this size and frame rate: repeating every 4th frame loses only"
         f" {m['image-vae-per-frame']['psnr'] - m['uniform-repeat']['psnr']:.2f} dB against coding"
-        " every frame, so a 2 dB margin would need a model that also out-reconstructs the image"
-        " VAE itself by about 2 dB."
+        " every frame, and linear interpolation of the *uncoded* keyframes already reproduces the"
+        f" in-between frames at {mean(motion):.1f} dB (per segment {min(motion):.1f}-"
+        f"{max(motion):.1f} dB), far above any codec here (~{m['image-vae-per-frame']['psnr']:.0f}"
+        " dB). Uniform sampling's error is then almost all the image VAE's own, so no codec close"
+        " to that image VAE can beat it by 2 dB on this footage: the bar needs segments whose"
+        " motion costs interpolation about as much as coding does (a motion PSNR near the"
+        " codec's PSNR)."
     )
     gap = m["image-vae-per-frame"]["psnr"] - m[best]["psnr"]
     out.append(
@@ -658,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         "cv_params": sum(p.numel() for p in next(iter(models.values())).parameters()),
         "summary": summary,
         "per_clip_psnr": evaluation["per_clip_psnr"],
+        "per_clip_motion_psnr": evaluation["per_clip_motion_psnr"],
         "best": best,
         "bars": {
             best: bars(summary, best),

@@ -56,3 +56,19 @@ def test_kl_sums_over_time(model):
 def test_rejects_bad_rank(model):
     with pytest.raises(ValueError, match="expected"):
         model.encode(torch.zeros(3, 8, 8))
+
+
+@pytest.mark.parametrize("stride,padding", [((1, 1, 1), (0, 1, 1)), ((2, 2, 2), (0, 0, 0))])
+def test_conv3d_matches_torch_forward_and_backward(stride, padding):
+    from cvvae.models.layers import conv3d
+
+    x = torch.randn(1, 6, 5, 9, 9, requires_grad=True)
+    w = torch.randn(4, 6, 3, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    ours = conv3d(x, w, b, stride, padding)
+    grads = torch.autograd.grad(ours.square().sum(), (x, w, b))
+    expected = torch.nn.functional.conv3d(x, w, b, stride, padding)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (x, w, b))
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -129,7 +129,7 @@ def test_memory_budget_picks_chunks_and_logs(caplog):
     model.set_memory_budget(0.002)
     with caplog.at_level("INFO", logger="cvvae"):
         z = model.encode(x).latent_dist.mean
-    assert "frames per encoder chunk" in caplog.text
+    assert "-> encode:" in caplog.text and "frames per chunk" in caplog.text
     assert model.decode(z, 33).sample.shape == x.shape
     with pytest.raises(ValueError):
         model.set_memory_budget(0)
@@ -144,3 +144,19 @@ def test_non_finite_output_names_first_layer():
     z = torch.randn(1, 4, 2, 4, 4)
     with pytest.raises(NonFiniteError, match=r"first produced by layer 'up\.1\.block\.0\.conv2'"):
         model.decode(z)
+
+
+@torch.no_grad()
+def test_peak_memory_on_meta_equals_the_real_run():
+    model = CVVAE(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
+                  mid_attention=False).eval()
+    x = torch.rand(1, 3, 17, 32, 32) * 2 - 1
+    peaks = []
+    for device in ("cpu", "meta"):
+        model.to(device)
+        model.enable_tiling(encode_frames=4, decode_latents=1)
+        with PeakMemory() as meter:
+            z = model.encode(x.to(device)).latent_dist.mean
+            model.decode(z)
+        peaks.append(meter.peak_bytes)
+    assert peaks[0] > 0 and peaks[1] == peaks[0]

@@ -4,6 +4,10 @@
 releases them when the last tensor using the storage is garbage-collected, so its peak is the
 most activation memory alive at once (inputs and weights made before it started are not
 counted, nor are views of them). Unlike process RSS it does not depend on the allocator or on other processes.
+
+It also works on the ``meta`` device, where nothing is computed or allocated: a model and input
+made on ``meta`` give the peak of any size in seconds (``benchmarks/bench_inference.py
+--device meta``).
 """
 
 from __future__ import annotations
@@ -34,17 +38,21 @@ class PeakMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         for t in tree_leaves((args, kwargs)):  # storages made before the meter: not counted
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                self._sizes.setdefault(t.untyped_storage().data_ptr(), 0)
+            if isinstance(t, torch.Tensor):
+                self._sizes.setdefault(_storage_key(t), 0)
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                storage = t.untyped_storage()
-                key = storage.data_ptr()
+            if isinstance(t, torch.Tensor):
+                key = _storage_key(t)
                 if key not in self._sizes:
-                    self._sizes[key] = storage.nbytes()
-                    self.live_bytes += storage.nbytes()
+                    self._sizes[key] = t.untyped_storage().nbytes()
+                    self.live_bytes += self._sizes[key]
                     self.peak_bytes = max(self.peak_bytes, self.live_bytes)
                 self._refs[key] += 1
                 weakref.finalize(t, self._release, key)
         return out
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    """The identity of ``t``'s storage (shared by its views; meta tensors have one too)."""
+    return t.untyped_storage()._cdata

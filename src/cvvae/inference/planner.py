@@ -3,18 +3,16 @@
 The cost model counts the largest live activations: the trunk's full-resolution feature maps
 for one chunk (``ACTIVATION_COPIES`` tensors of ``C0 x frames x H x W``), plus what stays whole
 (the input and output clips and the latent-resolution head). Its constant was calibrated against
-measured peaks (see docs/performance.md); the plan is logged on the ``cvvae`` logger.
+measured peaks (see docs/performance.md). :func:`describe_plan` says what a plan does for one
+direction, for the ``cvvae`` logger.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
 from .streaming import STATS_MODES
-
-logger = logging.getLogger("cvvae")
 
 ACTIVATION_COPIES = 6  # live C0 x frames x H x W tensors at the trunk's widest point
 MIN_ENCODE_FRAMES = 4
@@ -70,11 +68,15 @@ def plan_for_budget(
         tile = max(64, int(math.sqrt(area)) // 8 * 8)
         if tile >= max(height, width):
             tile = None
-    plan = ChunkPlan(encode_frames, decode_latents, tile_size=tile)
-    logger.info(
-        "memory budget %.2f GiB for %d frames %dx%d: %d frames per encoder chunk, %d latent "
-        "frames per decoder chunk, %s", budget_bytes / 2**30, frames, width, height,
-        plan.encode_frames, plan.decode_latents,
-        f"spatial tiles of {tile} px" if tile else "whole frames",
-    )
-    return plan
+    return ChunkPlan(encode_frames, decode_latents, tile_size=tile)
+
+
+def describe_plan(plan: ChunkPlan, direction: str) -> str:
+    """One line saying how ``direction`` (``"encode"`` or ``"decode"``) runs under ``plan``."""
+    if direction == "encode":
+        chunks = f"{plan.encode_frames} frames per chunk, {plan.encode_stats} statistics"
+    else:
+        chunks = f"{plan.decode_latents} latent frames per chunk, {plan.decode_stats} statistics"
+    if plan.tile_size:
+        chunks = f"{chunks.split(',')[0]}, spatial tiles of {plan.tile_size} px, two_pass statistics"
+    return f"{direction}: {chunks}"

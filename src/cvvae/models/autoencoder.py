@@ -9,6 +9,7 @@ and ``decode(..., num_frames, height, width)`` crops back.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -22,13 +23,15 @@ from diffusers.utils import BaseOutput
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserInputError
-from ..inference.planner import ChunkPlan, plan_for_budget
+from ..inference.planner import ChunkPlan, describe_plan, plan_for_budget
 from ..inference.precision import check_finite
 from ..inference.streaming import decode_latents, encode_moments
 from .checkpoint import LAYOUTS, config_from_released, from_layout, to_layout
 from .distributions import DiagonalGaussian
-from .layers import PADDING_MODES
+from .layers import PADDING_MODES, Conv3d
 from .networks import Decoder, Encoder
+
+logger = logging.getLogger("cvvae")
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
@@ -110,7 +113,7 @@ class CVVAE(ModelMixin, ConfigMixin):
         # A 1x1 conv on latents before the decoder, kept only by inflation from an image VAE whose
         # post_quant_conv has a bias (see inflation.py); the released models have none.
         self.post_quant_conv = (
-            torch.nn.Conv3d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+            Conv3d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
         )
         self._chunk_plan: ChunkPlan | None = None
         self._memory_budget: float | None = None
@@ -188,12 +191,17 @@ class CVVAE(ModelMixin, ConfigMixin):
         self._chunk_plan = None
         self._memory_budget = None
 
-    def _plan(self, frames: int, height: int, width: int) -> ChunkPlan | None:
+    def _plan(self, direction: str, frames: int, height: int, width: int) -> ChunkPlan | None:
+        """The chunk plan for one call (``direction``: ``"encode"``/``"decode"``), logged when a
+        memory budget picked it."""
         if self._memory_budget is None:
             return self._chunk_plan
         channels = self.config.block_out_channels
-        return plan_for_budget(self._memory_budget * 2**30, frames, height, width, channels[0],
+        plan = plan_for_budget(self._memory_budget * 2**30, frames, height, width, channels[0],
                                channels[-1], self.dtype.itemsize)
+        logger.info("memory budget %.2f GiB, %d frames %dx%d -> %s", self._memory_budget, frames,
+                    width, height, describe_plan(plan, direction))
+        return plan
 
     # ----------------------------------------------------------------- encode / decode
     def encode(self, x: torch.Tensor, return_dict: bool = True):
@@ -203,7 +211,7 @@ class CVVAE(ModelMixin, ConfigMixin):
             raise ValueError(f"expected (B, 3, T, H, W) or (B, 3, H, W), got shape {tuple(x.shape)}")
         image = x.dim() == 4
         video = self._pad_input(x.unsqueeze(2) if image else x)
-        plan = None if image else self._plan(*video.shape[2:])
+        plan = None if image else self._plan("encode", *video.shape[2:])
         if plan is None:
             moments = self.encoder(video)
         else:
@@ -234,7 +242,7 @@ class CVVAE(ModelMixin, ConfigMixin):
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         t, h, w = z.shape[2:]
-        plan = None if image else self._plan(1 + (t - 1) * self.temporal_compression,
+        plan = None if image else self._plan("decode", 1 + (t - 1) * self.temporal_compression,
                                             h * self.spatial_compression, w * self.spatial_compression)
         if plan is None:
             x = self.decoder(z)

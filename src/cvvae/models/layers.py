@@ -72,12 +72,44 @@ def _pad_time_replicate(x: torch.Tensor, before: int, after: int) -> torch.Tenso
     return torch.cat(parts, dim=2)
 
 
+def conv3d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int, int] = (1, 1, 1),
+    padding: tuple[int, int, int] = (0, 0, 0),
+) -> torch.Tensor:
+    """``F.conv3d`` (no dilation, no groups), run by oneDNN for float32 on the CPU.
+
+    PyTorch picks its reference kernel (``slow_conv3d``) for a batch-1 3D convolution whenever
+    ``C x T x H`` of the input is at most 20480, which on clips, chunks and tiles of common sizes
+    is 4-8x slower than oneDNN on the same input (docs/performance.md). Results agree within
+    float32 rounding; gradients flow as through ``F.conv3d``.
+    """
+    if x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_enabled():
+        return torch.ops.aten.mkldnn_convolution(
+            x, weight, bias, list(padding), list(stride), [1, 1, 1], 1
+        )
+    return F.conv3d(x, weight, bias, stride, padding)
+
+
+def _onednn_enabled() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (zero padding, no dilation or groups) computed by :func:`conv3d`."""
+
+    def _conv_forward(self, x, weight, bias):
+        return conv3d(x, weight, bias, self.stride, self.padding)
+
+
 def _no_frames(x: torch.Tensor, channels: int, scale: int = 1) -> torch.Tensor:
     """An empty clip (zero frames) as a layer would output it; chunked execution passes these."""
     return x.new_empty(x.shape[0], channels, 0, x.shape[3] * scale, x.shape[4] * scale)
 
 
-class PaddedConv3d(nn.Conv3d):
+class PaddedConv3d(Conv3d):
     """A 3D convolution whose padding is given explicitly (see :class:`Padding`).
 
     Symmetric spatial zero padding is left to the convolution itself (no copy); the rest is
@@ -161,7 +193,7 @@ class FrameConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[2] == 0:
             return _no_frames(x, self.weight.shape[0])
-        return F.conv3d(x, self.weight.unsqueeze(2), self.bias, padding=(0, 1, 1))
+        return conv3d(x, self.weight.unsqueeze(2), self.bias, padding=(0, 1, 1))
 
 
 class VideoGroupNorm(nn.GroupNorm):
@@ -196,7 +228,7 @@ class ResnetBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = FrameConv2d(out_channels, out_channels)
         self.nin_shortcut = (
-            nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
+            Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
         )
 
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.layers import Conv3d
+
 
 class PatchDiscriminator3D(nn.Module):
     """3D PatchGAN: ``(B, 3, T, H, W)`` -> patch logits ``(B, 1, T', H / 2**layers, W / 2**layers)``.
@@ -20,24 +22,24 @@ class PatchDiscriminator3D(nn.Module):
     ):
         super().__init__()
         blocks: list[nn.Module] = [
-            nn.Conv3d(in_channels, channels, 3, stride=2, padding=1),
+            Conv3d(in_channels, channels, 3, stride=2, padding=1),
             nn.LeakyReLU(0.2),
         ]
         width = channels
         for n in range(1, layers):
             out = channels * min(2**n, 8)
             blocks += [
-                nn.Conv3d(width, out, 3, stride=2, padding=1, bias=False),
+                Conv3d(width, out, 3, stride=2, padding=1, bias=False),
                 nn.GroupNorm(norm_groups, out),
                 nn.LeakyReLU(0.2),
             ]
             width = out
         out = channels * min(2**layers, 8)
         blocks += [
-            nn.Conv3d(width, out, 3, padding=1, bias=False),
+            Conv3d(width, out, 3, padding=1, bias=False),
             nn.GroupNorm(norm_groups, out),
             nn.LeakyReLU(0.2),
-            nn.Conv3d(out, 1, 3, padding=1),
+            Conv3d(out, 1, 3, padding=1),
         ]
         self.net = nn.Sequential(*blocks)
         for module in self.modules():
