@@ -70,5 +70,5 @@ def test_conv3d_matches_torch_forward_and_backward(stride, padding):
     expected = torch.nn.functional.conv3d(x, w, b, stride, padding)
     expected_grads = torch.autograd.grad(expected.square().sum(), (x, w, b))
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
-    for got, want in zip(grads, expected_grads):
+    for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

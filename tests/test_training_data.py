@@ -9,13 +9,11 @@ import pytest
 import torch
 
 from cvvae.errors import UserInputError
-from cvvae.io import read_video, write_image, write_video
+from cvvae.io import list_images, list_videos, read_video, write_image, write_video
 from cvvae.training.config import DataConfig
 from cvvae.training.data import (
     BatchPlan,
     ClipDataset,
-    list_images,
-    list_videos,
     make_loader,
     validation_keys,
 )

@@ -1,13 +1,16 @@
-"""Video and image files <-> tensors in [-1, 1], plus atomic writes.
+"""Video and image files <-> tensors in [-1, 1], atomic writes, and listing a dataset's files.
 
 Videos are ``(3, T, H, W)`` float32 tensors, images ``(3, H, W)``; RGB, values in [-1, 1].
 Videos are read with PyAV (anything FFmpeg reads) and written as H.264 with libx264; images are
 read and written with Pillow. Problems the user can fix raise :class:`UserInputError` with one line
-naming the problem and the file.
+naming the problem and the file. :func:`list_videos` and :func:`list_images` find the files of a
+dataset (folders, CSV and JSONL lists) for training and latent encoding.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from cvvae.errors import UserInputError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_WRITE_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg"})
 
 
 @dataclass(frozen=True)
@@ -239,3 +243,50 @@ def write_image(path: str | os.PathLike, image: torch.Tensor, quality: int = 95)
         raise UserInputError(f"image output needs an image extension (.png, .jpg, ...): {path}")
     with atomic_path(path) as tmp:
         Image.fromarray(_to_uint8(image)).save(tmp, quality=quality)
+
+
+def list_videos(sources: list[str]) -> list[Path]:
+    """Video files from folders (searched recursively) and ``.csv``/``.jsonl`` lists.
+
+    A CSV needs a ``path`` column, a JSONL file one object per line with a ``path`` key;
+    relative paths are relative to the list file. Listed files are not opened here: a missing
+    or broken one is skipped (and counted) when read.
+    """
+    found: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                if "path" not in (reader.fieldnames or []):
+                    raise UserInputError(f"CSV video list needs a 'path' column: {path}")
+                found += [path.parent / row["path"] for row in reader]
+        elif path.suffix.lower() == ".jsonl" and path.is_file():
+            found += [
+                path.parent / _jsonl_path(line, path)
+                for line in path.read_text().splitlines()
+                if line.strip()
+            ]
+        else:
+            raise UserInputError(f"video source must be a folder, .csv or .jsonl file: {path}")
+    return found
+
+
+def _jsonl_path(line: str, source: Path) -> str:
+    try:
+        return json.loads(line)["path"]
+    except (ValueError, KeyError, TypeError):
+        raise UserInputError(f"JSONL video list lines need a 'path' key: {source}") from None
+
+
+def list_images(sources: list[str]) -> list[Path]:
+    """Image files in folders (searched recursively)."""
+    found: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if not path.is_dir():
+            raise UserInputError(f"image source must be a folder: {path}")
+        found += sorted(p for p in path.rglob("*") if is_image_path(p))
+    return found

@@ -24,6 +24,7 @@ from cvvae.cli.common import (
     resolve_device,
 )
 from cvvae.errors import UserInputError
+from cvvae.io import list_videos
 from cvvae.latents.encode_dataset import (
     DONE,
     ClipSource,
@@ -38,7 +39,6 @@ from cvvae.latents.encode_dataset import (
 )
 from cvvae.latents.store import ManifestWriter, ShardWriter, merged_manifest, write_settings
 from cvvae.models import CVVAE
-from cvvae.training.data import list_videos
 
 DATASET_FORMAT = "cvvae-latent-dataset"
 

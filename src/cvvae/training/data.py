@@ -8,8 +8,6 @@ integer (the batch index), and a resumed run sees exactly the batches it would h
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,57 +17,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from cvvae.errors import UserInputError
-from cvvae.io import is_image_path, read_image, read_video
+from cvvae.io import read_image, read_video
 from cvvae.training.config import DataConfig
-
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg"})
-
-
-def list_videos(sources: list[str]) -> list[Path]:
-    """Video files from folders (searched recursively) and ``.csv``/``.jsonl`` lists.
-
-    A CSV needs a ``path`` column, a JSONL file one object per line with a ``path`` key;
-    relative paths are relative to the list file. Listed files are not opened here: a missing
-    or broken one is skipped (and counted) when read.
-    """
-    found: list[Path] = []
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
-        elif path.suffix.lower() == ".csv" and path.is_file():
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                if "path" not in (reader.fieldnames or []):
-                    raise UserInputError(f"CSV video list needs a 'path' column: {path}")
-                found += [path.parent / row["path"] for row in reader]
-        elif path.suffix.lower() == ".jsonl" and path.is_file():
-            found += [
-                path.parent / _jsonl_path(line, path)
-                for line in path.read_text().splitlines()
-                if line.strip()
-            ]
-        else:
-            raise UserInputError(f"video source must be a folder, .csv or .jsonl file: {path}")
-    return found
-
-
-def _jsonl_path(line: str, source: Path) -> str:
-    try:
-        return json.loads(line)["path"]
-    except (ValueError, KeyError, TypeError):
-        raise UserInputError(f"JSONL video list lines need a 'path' key: {source}") from None
-
-
-def list_images(sources: list[str]) -> list[Path]:
-    """Image files in folders (searched recursively)."""
-    found: list[Path] = []
-    for source in sources:
-        path = Path(source)
-        if not path.is_dir():
-            raise UserInputError(f"image source must be a folder: {path}")
-        found += sorted(p for p in path.rglob("*") if is_image_path(p))
-    return found
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cvvae.errors import UserInputError
+from cvvae.io import list_images, list_videos
 from cvvae.models import CVVAE
 from cvvae.models.inflation import inflate_from_image_vae
 from cvvae.training import checkpoints as ckpt
@@ -33,8 +34,6 @@ from cvvae.training.config import TrainConfig, config_to_dict, save_config
 from cvvae.training.data import (
     BatchPlan,
     ClipDataset,
-    list_images,
-    list_videos,
     make_loader,
     validation_keys,
 )
