@@ -69,12 +69,15 @@ class StreamState:
             if x.shape[2] == 0:
                 self._upstream_done = False
                 return self._empty_output(conv, x)
-            x = conv.pad_time(x, before, 0)
+            parts = [conv.time_pad_frames(x[:, :, :1], before), x]
         else:
-            x = torch.cat([self._pending[conv], x], dim=2)
+            parts = [self._pending[conv], x]
         if self._upstream_done and conv not in self._ended:
-            x = conv.pad_time(x, 0, after)
+            last = x[:, :, -1:] if x.shape[2] else parts[0][:, :, -1:]
+            parts.append(conv.time_pad_frames(last, after))
             self._ended.add(conv)
+        parts = [part for part in parts if part.shape[2]]
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # one copy for all of it
         k, s = conv.kernel_size[0], conv.stride[0]
         available = (x.shape[2] - k) // s + 1 if x.shape[2] >= k else 0
         n = available

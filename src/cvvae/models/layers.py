@@ -152,6 +152,14 @@ class PaddedConv3d(Conv3d):
             return _pad_time_replicate(x, before, after)
         return F.pad(x, (0, 0, 0, 0, before, after))
 
+    def time_pad_frames(self, edge: torch.Tensor, frames: int) -> torch.Tensor:
+        """``frames`` padding frames next to the edge frame ``edge`` ``(B, C, 1, H, W)``, in this
+        conv's time mode (a broadcast view, copied only when concatenated)."""
+        shape = (edge.shape[0], edge.shape[1], frames, *edge.shape[3:])
+        if self.pad_spec.time_mode == "replicate":
+            return edge.expand(shape)
+        return edge.new_zeros(()).expand(shape)
+
     def pad_space(self, x: torch.Tensor) -> torch.Tensor:
         if not self._pad_space:
             return x
