@@ -64,20 +64,10 @@ class StreamState:
     # -- temporal convolutions -----------------------------------------------------------
     def conv(self, conv: PaddedConv3d, x: torch.Tensor) -> torch.Tensor:
         """Run ``conv`` on the frames now available; keep the unconsumed ones for later."""
-        before, after = conv.pad_spec.time
-        if conv not in self._pending:
-            if x.shape[2] == 0:
-                self._upstream_done = False
-                return self._empty_output(conv, x)
-            parts = [conv.time_pad_frames(x[:, :, :1], before), x]
-        else:
-            parts = [self._pending[conv], x]
-        if self._upstream_done and conv not in self._ended:
-            last = x[:, :, -1:] if x.shape[2] else parts[0][:, :, -1:]
-            parts.append(conv.time_pad_frames(last, after))
-            self._ended.add(conv)
-        parts = [part for part in parts if part.shape[2]]
-        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # one copy for all of it
+        if conv not in self._pending and x.shape[2] == 0:
+            self._upstream_done = False
+            return self._empty_output(conv, x)
+        x = self._with_cache_and_padding(conv, x)
         k, s = conv.kernel_size[0], conv.stride[0]
         available = (x.shape[2] - k) // s + 1 if x.shape[2] >= k else 0
         n = available
@@ -89,6 +79,22 @@ class StreamState:
         if n == 0:
             return self._empty_output(conv, x)
         return conv.conv_valid_time(x[:, :, : (n - 1) * s + k])
+
+    def _with_cache_and_padding(self, conv: PaddedConv3d, x: torch.Tensor) -> torch.Tensor:
+        """``x`` after ``conv``'s cached frames (or its start padding, on the first call) and, once
+        upstream is done, its end padding: one copy. Nothing here outlives the call, so the old
+        cache is freed as soon as the caller replaces it."""
+        before, after = conv.pad_spec.time
+        if conv in self._pending:
+            parts = [self._pending[conv], x]
+        else:
+            parts = [conv.time_pad_frames(x[:, :, :1], before), x]
+        if self._upstream_done and conv not in self._ended:
+            edge = x if x.shape[2] else parts[0]
+            parts.append(conv.time_pad_frames(edge[:, :, -1:], after))
+            self._ended.add(conv)
+        parts = [part for part in parts if part.shape[2]]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
     @staticmethod
     def _empty_output(conv: PaddedConv3d, x: torch.Tensor) -> torch.Tensor:
