@@ -2,15 +2,29 @@
 # The GPU measurements recorded in docs/performance.md, as one script for a lent GPU machine
 # whose Python has torch but not diffusers: wheels in .whl/ (diffusers, importlib_metadata) and the
 # reference folders copied to .bench_data/ travel with the working tree.
-#   bash benchmarks/gpu_run.sh OUTDIR
+#   bash benchmarks/gpu_run.sh OUTDIR        # what is still open (fits one 10-minute device call)
+#   bash benchmarks/gpu_run.sh OUTDIR all    # and the measurements already recorded
 set -u
 out=${1:-gpu-results}
+what=${2:-open}
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt"
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >> "$out/gpu.txt"
 run() { echo "== $*"; timeout "$1" "${@:2}" 2>&1 | grep -v "kept in float32"; }
+# Still open in issue 5 (run first): time and peak of spatial tiles at 720p against the full pass
+# and the released tiling, on the full-size architectures, the reference weights and the bundled model.
+run 200 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full sd3_full \
+  --dtype bfloat16 --sizes 17x720x1280 --chunks 4 1 --tile 360 --ours ours --repeats 3 --out "$out/bench_full_bf16_tile360.json"
+run 120 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full sd3_full \
+  --dtype bfloat16 --sizes 17x720x1280 --chunks 4 1 --tile 256 --ours ours --no-reference --repeats 3 --out "$out/bench_full_bf16_tile256.json"
+run 90 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models src/cvvae/assets/model sd21_tiny \
+  --sizes 17x720x1280 --chunks 4 1 --tile 360 --ours ours --repeats 3 --out "$out/bench_tile360_trained_and_reference.json"
+run 90 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full --channels-last \
+  --dtype bfloat16 --sizes 17x720x1280 --chunks 4 1 --tile 360 --ours ours --repeats 3 --out "$out/bench_full_bf16_tile360_cl.json"
+[ "$what" = all ] || exit 0
+# Already recorded in docs/performance.md:
 run 150 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_tiny sd3_tiny \
   --sizes 17x256x256 33x256x256 65x256x256 129x256x256 17x720x1280 33x720x1280 --repeats 3 --out "$out/bench_tiny.json"
 run 200 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full \
