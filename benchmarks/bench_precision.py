@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -21,16 +20,11 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_inference import load_model, synthetic_clip  # noqa: E402
+from bench_inference import load_model, psnr, synthetic_clip  # noqa: E402
 
 from cvvae.inference.precision import NonFiniteError  # noqa: E402
 
 DTYPES = ("float16", "bfloat16")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = (a.float() - b.float()).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10 * math.log10(4 / mse)
 
 
 @torch.no_grad()

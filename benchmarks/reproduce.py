@@ -33,8 +33,8 @@ from diffusers import AutoencoderKL
 
 from cvvae import CVVAE
 from cvvae.evaluation import evaluate_video, summarize_videos
+from cvvae.evaluation.metrics import psnr
 from cvvae.evaluation.sampling import fill_frames, keyframe_indices
-from cvvae.evaluation.scores import frame_scores
 from cvvae.io import read_video, write_video
 from cvvae.models.inflation import config_from_image_vae
 from cvvae.training import load_config, train
@@ -276,7 +276,7 @@ def motion_psnr(clip: torch.Tensor) -> float:
     between = torch.ones(clip.shape[1], dtype=torch.bool)
     between[keys] = False
     filled = fill_frames(clip[:, keys], "linear")
-    return float(frame_scores(clip[:, between], filled[:, between]).psnr.mean())
+    return float(psnr(clip[:, between], filled[:, between]).mean())
 
 
 def evaluate_all(segments: list[dict], models: dict, image_vae: AutoencoderKL) -> dict:

@@ -62,16 +62,6 @@ def upsample_padding(padding_mode: str) -> Padding:
     return Padding((1, 1, 1, 1), padding_mode, (1, 1), "replicate")
 
 
-def _pad_time_replicate(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    parts = []
-    if before:
-        parts.append(x[:, :, :1].expand(-1, -1, before, -1, -1))
-    parts.append(x)
-    if after:
-        parts.append(x[:, :, -1:].expand(-1, -1, after, -1, -1))
-    return torch.cat(parts, dim=2)
-
-
 def conv3d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -145,12 +135,12 @@ class PaddedConv3d(Conv3d):
         return self.pad_space(x)
 
     def pad_time(self, x: torch.Tensor, before: int, after: int) -> torch.Tensor:
-        """Pad ``before``/``after`` frames in this conv's time mode."""
+        """Pad ``before``/``after`` frames in this conv's time mode (see :meth:`time_pad_frames`)."""
         if not (before or after):
             return x
-        if self.pad_spec.time_mode == "replicate":
-            return _pad_time_replicate(x, before, after)
-        return F.pad(x, (0, 0, 0, 0, before, after))
+        parts = [self.time_pad_frames(x[:, :, :1], before), x,
+                 self.time_pad_frames(x[:, :, -1:], after)]
+        return torch.cat([part for part in parts if part.shape[2]], dim=2)
 
     def time_pad_frames(self, edge: torch.Tensor, frames: int) -> torch.Tensor:
         """``frames`` padding frames next to the edge frame ``edge`` ``(B, C, 1, H, W)``, in this
