@@ -72,3 +72,14 @@ def test_conv3d_matches_torch_forward_and_backward(stride, padding):
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_traces_the_model(model):
+    """The CPU oneDNN route has no fake-tensor kernel; compiled code must trace F.conv3d."""
+    torch._dynamo.reset()
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        expected = model(x, sample_posterior=False).sample
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=False)
+        got = compiled(x, sample_posterior=False).sample
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -74,9 +74,15 @@ def conv3d(
     PyTorch picks its reference kernel (``slow_conv3d``) for a batch-1 3D convolution whenever
     ``C x T x H`` of the input is at most 20480, which on clips, chunks and tiles of common sizes
     is 4-8x slower than oneDNN on the same input (docs/performance.md). Results agree within
-    float32 rounding; gradients flow as through ``F.conv3d``.
+    float32 rounding; gradients flow as through ``F.conv3d``. Under ``torch.compile`` the plain
+    ``F.conv3d`` is traced (the oneDNN op has no fake-tensor kernel), and the compiler picks.
     """
-    if x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_enabled():
+    if (
+        not torch.compiler.is_compiling()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and _onednn_enabled()
+    ):
         return torch.ops.aten.mkldnn_convolution(
             x, weight, bias, list(padding), list(stride), [1, 1, 1], 1
         )
