@@ -4,7 +4,8 @@ Modes: ``full`` (one pass, exact), ``reference`` (the released code's 576-px til
 windows, see reference_tiling.py), and chunked streaming with 16-frame encoder chunks and
 4-latent decoder chunks (the reference's window sizes; ``--chunks`` changes them): ``ours`` (the
 default plan: two-pass statistics in the encoder, running in the decoder), ``ours-running``
-and ``ours-two_pass`` (one statistics mode for both; see cvvae.inference.streaming).
+and ``ours-two_pass`` (one statistics mode for both; see cvvae.inference.streaming); with
+``--compile`` also ``full-compiled`` (the full pass under ``torch.compile``, compiled in the warm-up).
 
 With ``--device meta`` nothing is computed: the peak tensor bytes of every mode are counted at any
 size in seconds (no times, no deviations), which is how the 720p peaks of full-size models are
@@ -22,6 +23,7 @@ full pass decoding the full-pass latents.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -116,8 +118,20 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return float("inf") if mse == 0 else 10 * math.log10(4 / mse)
 
 
+@contextlib.contextmanager
+def compiled_networks(model: CVVAE):
+    """``model`` with its encoder and decoder replaced by ``torch.compile`` wrappers (the full pass
+    runs compiled; chunked modes call the networks' parts and stay eager)."""
+    encoder, decoder = model.encoder, model.decoder
+    model.encoder, model.decoder = torch.compile(encoder), torch.compile(decoder)
+    try:
+        yield
+    finally:
+        model.encoder, model.decoder = encoder, decoder
+
+
 def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, int], with_reference: bool,
-              ours: list[str], tile: int | None) -> list[dict]:
+              ours: list[str], tile: int | None, compile_full: bool = False) -> list[dict]:
     c = model.config.latent_channels
     rows = []
     model.disable_tiling()
@@ -127,6 +141,8 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
     rows.append(dict(mode="full", encode_s=enc_t, decode_s=dec_t, encode_peak=enc_mem, decode_peak=dec_mem,
                      latent_max_err=0.0, decoded_psnr=float("inf")))
     modes = {}
+    if compile_full:
+        modes["full-compiled"] = (lambda: model.encode(x).latent_dist.parameters, lambda z: model.decode(z).sample)
     if with_reference:
         modes["reference"] = (lambda: reference_encode(model, x), lambda z: reference_decode(model, z))
     for name in ours:
@@ -143,8 +159,9 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
         modes[name] = (enc, dec)
     for name, (enc, dec) in modes.items():
         try:
-            m, enc_t, enc_mem = meter(enc)
-            y, dec_t, dec_mem = meter(functools.partial(dec, m[:, :c]))
+            with compiled_networks(model) if name == "full-compiled" else contextlib.nullcontext():
+                m, enc_t, enc_mem = meter(enc)
+                y, dec_t, dec_mem = meter(functools.partial(dec, m[:, :c]))
         except torch.OutOfMemoryError:
             rows.append(dict(mode=name, error="out of memory"))
             torch.cuda.empty_cache()
@@ -188,6 +205,8 @@ def main() -> None:
     parser.add_argument("--chunks", nargs=2, type=int, default=[16, 4], metavar=("FRAMES", "LATENTS"),
                         help="our chunk sizes: video frames per encoder chunk, latents per decoder chunk "
                         "(default: the reference's window sizes)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the full pass under torch.compile (mode full-compiled; compiles in the warm-up)")
     parser.add_argument("--no-reference", action="store_true", help="skip the released-tiling baseline")
     parser.add_argument("--ours", nargs="+", default=list(STATS), choices=list(STATS), help="which of our modes to run")
     parser.add_argument("--tile", type=int, default=None, help="our spatial tile size in pixels (default: whole frames)")
@@ -206,7 +225,7 @@ def main() -> None:
     meter = Meter(device, repeats)
     results = {"chunks": args.chunks, "tile": args.tile, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "torch": torch.__version__, "dtype": args.dtype, "repeats": repeats,
-               "channels_last": args.channels_last, "command": " ".join(sys.argv), "rows": []}
+               "channels_last": args.channels_last, "compile": args.compile, "command": " ".join(sys.argv), "rows": []}
     header = f"{'model':10} {'size':>14} {'mode':>16} {'enc s':>8} {'dec s':>8} {'enc MiB':>9} {'dec MiB':>9} {'lat err':>8} {'PSNR':>6}"
     print(header)
     torch.set_grad_enabled(False)
@@ -219,7 +238,8 @@ def main() -> None:
             if args.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             try:
-                rows = run_modes(model, x, meter, tuple(args.chunks), not args.no_reference, args.ours, args.tile)
+                rows = run_modes(model, x, meter, tuple(args.chunks), not args.no_reference, args.ours, args.tile,
+                                 args.compile)
             except torch.OutOfMemoryError:
                 rows = [dict(mode="full", error="out of memory")]
                 torch.cuda.empty_cache()
