@@ -71,3 +71,33 @@ def test_memory_budget_tiles_the_frame_when_a_chunk_does_not_fit():
     assert plan.tile_size is not None and 64 <= plan.tile_size < 720
     assert f"spatial tiles of {plan.tile_size} px" in describe_plan(plan, "decode")
     assert plan_for_budget(64 * 2**30, 33, 720, 1280, 128, 512, 4).tile_size is None
+
+
+@torch.no_grad()
+def test_tile_statistics_study_counts_own_regions_exactly(reference_dir):
+    """benchmarks/tile_statistics.py: tiles with full halos, counting only their own regions,
+    see exactly the full pass's activations, so under the clip's statistics they pool to them."""
+    import importlib.util
+    from pathlib import Path
+
+    from cvvae.inference.streaming import StreamState, chunk_calls
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tile_statistics.py"
+    spec = importlib.util.spec_from_file_location("tile_statistics", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    model = CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny")
+    x = torch.rand(1, 3, 9, 96, 160) * 2 - 1
+    exact = clip_statistics(model.encoder.trunk, x)
+    trunk = study.Trunk(model.encoder.trunk, x, functools.partial(split_encoder_input, chunk_frames=4), 3, 2,
+                        64, encoder_halo(1), 8, (1, 8))
+    totals: dict = {}
+    for tile in trunk.halo_tiles(1.0):
+        state = study.OwnRegionState(tile, "frozen", frozen_stats=exact, max_latents=2, totals=totals)
+        for _ in chunk_calls(trunk.trunk, trunk.split(x[..., tile.padded[0], tile.padded[1]]), state, 3):
+            pass
+    pooled = StreamState("running", totals=totals).clip_stats()
+    assert pooled.keys() == exact.keys()
+    for norm, (mean, var) in exact.items():
+        torch.testing.assert_close(pooled[norm][0], mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pooled[norm][1], var, rtol=1e-4, atol=1e-5)

@@ -18,7 +18,7 @@ how they are obtained:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -122,12 +122,22 @@ class StreamState:
         """Normalise ``x`` with statistics chosen by ``stats_mode``; accumulate clip totals."""
         if x.shape[2] == 0:
             return x
+        return self._normalise(norm, x, self._count(norm, x))
+
+    def _count(self, norm: VideoGroupNorm, x: torch.Tensor) -> _Moments:
+        """The moments of ``x`` per group, added to the clip totals."""
         b, c = x.shape[:2]
         g = norm.num_groups
         var, mean = torch.var_mean(x.reshape(b, g, -1), dim=-1, correction=0)
         chunk = _Moments(x[0, 0].numel() * (c // g), mean.double(), var.double())
         total = self.totals.get(norm)
         self.totals[norm] = chunk if total is None else total.merge(chunk)
+        return chunk
+
+    def _normalise(self, norm: VideoGroupNorm, x: torch.Tensor, chunk: _Moments) -> torch.Tensor:
+        """``x`` normalised by ``stats_mode``'s statistics (``chunk``: this call's moments)."""
+        b, c = x.shape[:2]
+        g = norm.num_groups
         if self.stats_mode == "frozen":
             mean, var = self.frozen_stats[norm]
         else:
@@ -162,13 +172,10 @@ class _Moments:
         return _Moments(n, mean, m2 / n)
 
 
-def _run_chunks(
-    trunk: Callable, chunks: list[torch.Tensor], state: StreamState, out_frames: int, keep: bool = True
-) -> torch.Tensor | None:
-    """Feed ``chunks`` in order, then empty chunks until the ``out_frames`` output frames are
-    out; write them into one preallocated clip (returned), or drop them when ``keep`` is False
-    (a statistics-only pass)."""
-    out, filled, calls = None, 0, 0
+def chunk_calls(trunk: Callable, chunks: list[torch.Tensor], state: StreamState, out_frames: int) -> Iterator[torch.Tensor]:
+    """Feed ``chunks`` to ``trunk`` in order, then empty chunks until ``out_frames`` output frames
+    are out, yielding each call's output (possibly no frames)."""
+    filled, calls = 0, 0
     empty = chunks[-1][:, :, :0]
     while filled < out_frames:
         if calls >= len(chunks) + 4 * out_frames:
@@ -176,13 +183,24 @@ def _run_chunks(
         state.begin_call(final=calls >= len(chunks) - 1)
         y = trunk(chunks[calls] if calls < len(chunks) else empty, state)
         calls += 1
+        filled += y.shape[2]
+        yield y
+    if filled != out_frames:
+        raise RuntimeError(f"chunked pass produced {filled} frames, expected {out_frames}")
+
+
+def _run_chunks(
+    trunk: Callable, chunks: list[torch.Tensor], state: StreamState, out_frames: int, keep: bool = True
+) -> torch.Tensor | None:
+    """All of :func:`chunk_calls`, written into one preallocated clip (returned), or dropped when
+    ``keep`` is False (a statistics-only pass)."""
+    out, filled = None, 0
+    for y in chunk_calls(trunk, chunks, state, out_frames):
         if keep:
             if out is None:
                 out = y.new_empty(*y.shape[:2], out_frames, *y.shape[3:])
             out[:, :, filled : filled + y.shape[2]] = y
         filled += y.shape[2]
-    if filled != out_frames:
-        raise RuntimeError(f"chunked pass produced {filled} frames, expected {out_frames}")
     return out
 
 
