@@ -131,7 +131,8 @@ def compiled_networks(model: CVVAE):
 
 
 def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, int], with_reference: bool,
-              ours: list[str], tile: int | None, compile_full: bool = False) -> list[dict]:
+              ours: list[str], tile: int | None, compile_full: bool = False,
+              tile_order: str = "sequential") -> list[dict]:
     c = model.config.latent_channels
     rows = []
     model.disable_tiling()
@@ -149,11 +150,11 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
         enc_stats, dec_stats = STATS[name]
 
         def enc(stats=enc_stats):
-            model.enable_tiling(*chunks, encode_stats=stats, tile_size=tile)
+            model.enable_tiling(*chunks, encode_stats=stats, tile_size=tile, tile_order=tile_order)
             return model.encode(x).latent_dist.parameters
 
         def dec(z, stats=dec_stats):
-            model.enable_tiling(*chunks, decode_stats=stats, tile_size=tile)
+            model.enable_tiling(*chunks, decode_stats=stats, tile_size=tile, tile_order=tile_order)
             return model.decode(z).sample
 
         modes[name] = (enc, dec)
@@ -210,6 +211,8 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the released-tiling baseline")
     parser.add_argument("--ours", nargs="+", default=list(STATS), choices=list(STATS), help="which of our modes to run")
     parser.add_argument("--tile", type=int, default=None, help="our spatial tile size in pixels (default: whole frames)")
+    parser.add_argument("--tile-order", default="sequential", choices=["sequential", "lockstep"],
+                        help="how the tiles' statistics pass runs (CVVAE.enable_tiling)")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")
     parser.add_argument("--out", type=Path, default=Path("benchmark-inference.json"))
     args = parser.parse_args()
@@ -223,7 +226,7 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes] if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     repeats = args.repeats or (1 if args.quick else 3)
     meter = Meter(device, repeats)
-    results = {"chunks": args.chunks, "tile": args.tile, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    results = {"chunks": args.chunks, "tile": args.tile, "tile_order": args.tile_order, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "torch": torch.__version__, "dtype": args.dtype, "repeats": repeats,
                "channels_last": args.channels_last, "compile": args.compile, "command": " ".join(sys.argv), "rows": []}
     header = f"{'model':10} {'size':>14} {'mode':>16} {'enc s':>8} {'dec s':>8} {'enc MiB':>9} {'dec MiB':>9} {'lat err':>8} {'PSNR':>6}"
@@ -239,7 +242,7 @@ def main() -> None:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             try:
                 rows = run_modes(model, x, meter, tuple(args.chunks), not args.no_reference, args.ours, args.tile,
-                                 args.compile)
+                                 args.compile, args.tile_order)
             except torch.OutOfMemoryError:
                 rows = [dict(mode="full", error="out of memory")]
                 torch.cuda.empty_cache()

@@ -17,12 +17,15 @@ run() { echo "== $*"; timeout "$1" "${@:2}" 2>&1 | grep -v "kept in float32"; }
 # and the released tiling, on the full-size architectures, the reference weights and the bundled model.
 run 200 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full sd3_full \
   --dtype bfloat16 --sizes 17x720x1280 --chunks 4 1 --tile 360 --ours ours --repeats 3 --out "$out/bench_full_bf16_tile360.json"
-run 120 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full sd3_full \
+run 100 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full sd3_full \
   --dtype bfloat16 --sizes 17x720x1280 --chunks 4 1 --tile 256 --ours ours --no-reference --repeats 3 --out "$out/bench_full_bf16_tile256.json"
 run 90 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models src/cvvae/assets/model sd21_tiny \
   --sizes 17x720x1280 --chunks 4 1 --tile 360 --ours ours --repeats 3 --out "$out/bench_tile360_trained_and_reference.json"
 run 90 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full --channels-last \
   --dtype bfloat16 --sizes 17x720x1280 --chunks 4 1 --tile 360 --ours ours --repeats 3 --out "$out/bench_full_bf16_tile360_cl.json"
+# torch.compile of the full pass (on the CPU it gained nothing: docs/performance.md).
+run 100 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full --compile \
+  --dtype bfloat16 --sizes 17x720x1280 --chunks 4 1 --ours ours --no-reference --repeats 2 --out "$out/bench_full_bf16_compile.json"
 [ "$what" = all ] || exit 0
 # Already recorded in docs/performance.md:
 run 150 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_tiny sd3_tiny \

@@ -8,11 +8,12 @@ memory as a share of the full pass's, max and mean |latent - full-pass latent|, 
 tiled decode against the full-pass decode of the same latents.
 
 Alternatives:
-- ``own, tile by tile`` (what the library does): each tile's own region without halo, one tile
-  after the other, normalised with the statistics pooled so far;
+- ``own, tile by tile`` (the library's default, ``tile_order="sequential"``): each tile's own
+  region without halo, one tile after the other, normalised with the statistics pooled so far;
 - ``own, every 2nd tile``: the same on half the tiles;
-- ``own, lockstep``: all tiles advance one time chunk at a time, so every chunk after the first
-  is normalised with statistics of the whole frame (holds every tile's conv caches at once);
+- ``own, lockstep`` (``tile_order="lockstep"``): all tiles advance one time chunk at a time, so
+  every chunk after the first is normalised with statistics of the whole frame (holds every
+  tile's conv caches at once);
 - ``halo/2, own counted, lockstep`` and ``... tile by tile``: tiles with half-width halos whose
   statistics count only their own region (no zero-padded tile borders in the statistics);
 - ``whole frame``: the untiled chunked pass (no tiles; the memory tiles exist to avoid);
@@ -87,18 +88,18 @@ class Trunk:
 
 
 def tiles_pass(t: Trunk, every: int = 1, lockstep: bool = False, halo: float | None = None) -> dict:
-    """Statistics over tiles: own regions (``halo`` None) or halos counting own regions only."""
+    """Statistics over tiles (every ``every``-th): their own regions (``halo`` None: the
+    library's :func:`cvvae.inference.streaming.tile_statistics`), or halos of ``halo`` x the
+    trunk's reach counting their own regions only."""
+    order = "lockstep" if lockstep else "sequential"
+    if halo is None:
+        return streaming.tile_statistics(t.trunk, t.x, t.split, t.out_frames, t.max_latents, t.tiles[::every], order)
     totals: dict = {}
-    calls = []
-    tiles = t.tiles[::every] if halo is None else t.halo_tiles(halo)[::every]
-    for tile in tiles:
-        if halo is None:
-            state = streaming.StreamState("running", max_latents=t.max_latents, totals=totals)
-            region = t.x[..., tile.own[0], tile.own[1]]
-        else:
-            state = OwnRegionState(tile, max_latents=t.max_latents, totals=totals)
-            region = t.x[..., tile.padded[0], tile.padded[1]]
-        calls.append(streaming.chunk_calls(t.trunk, t.split(region), state, t.out_frames))
+    calls = [
+        streaming.chunk_calls(t.trunk, t.split(t.x[..., tile.padded[0], tile.padded[1]]),
+                              OwnRegionState(tile, max_latents=t.max_latents, totals=totals), t.out_frames)
+        for tile in t.halo_tiles(halo)[::every]
+    ]
     if lockstep:
         while calls:
             calls = [c for c in calls if next(c, None) is not None]

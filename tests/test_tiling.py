@@ -11,6 +11,7 @@ from cvvae.inference.streaming import (
     run_trunk_tiled,
     split_encoder_input,
     split_time,
+    tile_statistics,
 )
 from cvvae.inference.tiling import decoder_halo, encoder_halo, tile_grid
 
@@ -21,6 +22,26 @@ def _models(reference_dir):
     torch.manual_seed(0)  # two ResNet blocks per level, as in the released full-size models
     yield CVVAE(block_out_channels=(8, 16, 16, 16), layers_per_block=2, norm_num_groups=4,
                 padding_mode="replicate").eval()
+
+
+@pytest.mark.parametrize("height,width,tile,align", [(720, 1280, 360, 8), (720, 1280, 640, 8), (90, 160, 45, 1),
+                                                     (96, 224, 64, 8), (64, 64, 64, 8)])
+def test_tile_grid_covers_the_frame_once_with_near_equal_tiles(height, width, tile, align):
+    halo = 20
+    tiles = tile_grid(height, width, tile, halo, align)
+    assert len(tiles) == -(-height // tile) * -(-width // tile)
+    cover = torch.zeros(height, width, dtype=torch.int)
+    for t in tiles:
+        cover[t.own] += 1
+        for axis, size in enumerate((height, width)):
+            own, padded = t.own[axis], t.padded[axis]
+            assert own.stop - own.start <= tile and own.start % align == 0
+            assert padded.start == max(0, own.start - 24 if align == 8 else own.start - halo)
+            assert padded.stop == min(size, own.stop + (24 if align == 8 else halo))
+    assert (cover == 1).all()
+    rows = {t.own[0].stop - t.own[0].start for t in tiles}
+    cols = {t.own[1].stop - t.own[1].start for t in tiles}
+    assert max(rows) - min(rows) <= align and max(cols) - min(cols) <= align
 
 
 @torch.no_grad()
@@ -45,14 +66,15 @@ def test_tiles_with_halos_equal_the_full_pass_given_clip_statistics(reference_di
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("folder", ["cvvae_sd21_tiny", "cvvae_sd3_tiny"])
-def test_tile_borders_are_no_worse_than_tile_interiors(reference_dir, folder):
+@pytest.mark.parametrize("folder,order", [("cvvae_sd21_tiny", "sequential"), ("cvvae_sd3_tiny", "sequential"),
+                                          ("cvvae_sd21_tiny", "lockstep")])
+def test_tile_borders_are_no_worse_than_tile_interiors(reference_dir, folder, order):
     """With the default (estimated) statistics, the error against the full pass comes from the
     statistics, which all tiles share: it is not larger along the seams."""
     model = CVVAE.from_pretrained(reference_dir / folder)
     x = torch.rand(1, 3, 17, 128, 256) * 2 - 1
     full = model.encode(x).latent_dist.mean
-    model.enable_tiling(encode_frames=8, tile_size=64)
+    model.enable_tiling(encode_frames=8, tile_size=64, tile_order=order)
     tiled = model.encode(x).latent_dist.mean
     model.disable_tiling()
     error = (tiled - full).abs().mean(dim=(0, 1, 2))  # (h, w) latent map
@@ -62,6 +84,41 @@ def test_tile_borders_are_no_worse_than_tile_interiors(reference_dir, folder):
         seams[:, edge - 1 : edge + 1] = True
     assert error.max() > 0  # the statistics are estimated, not exact
     assert error[seams].mean() <= 1.1 * error[~seams].mean()
+
+
+@torch.no_grad()
+def test_lockstep_tile_statistics_are_closer_to_the_clip_statistics(reference_dir):
+    """Two tiles that differ (flat dark left, bright noise right): one after the other, the first
+    tile is normalised with its own statistics only and biases the pooled ones; advancing in
+    lockstep, both are normalised with statistics of the whole frame after the first chunk."""
+    model = CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny")
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 17, 64, 128) * 2 - 1
+    x[..., :64] = x[..., :64] * 0.1 - 0.8
+    h = model.decoder.head(torch.cat([torch.randn(1, 4, 5, 8, 8) * 0.1, torch.randn(1, 4, 5, 8, 8) * 2], dim=-1))
+    cases = [
+        (model.encoder.trunk, x, functools.partial(split_encoder_input, chunk_frames=4), 5, 2,
+         tile_grid(64, 128, 64, encoder_halo(1), align=8)),
+        (model.decoder.trunk, h, functools.partial(split_time, chunk_frames=1), 17, 1,
+         tile_grid(8, 16, 8, decoder_halo(1), align=1)),
+    ]
+    for trunk, clip, split, out_frames, per_call, tiles in cases:
+        assert len(tiles) == 2
+        exact = clip_statistics(trunk, clip)
+
+        def worst_variance_error(stats, exact=exact):
+            return max(((stats[norm][1] - var).abs() / var).max().item() for norm, (_, var) in exact.items())
+
+        errors = {order: worst_variance_error(tile_statistics(trunk, clip, split, out_frames, per_call, tiles, order))
+                  for order in ("sequential", "lockstep")}
+        assert errors["lockstep"] < 0.5 * errors["sequential"], errors
+
+
+def test_tile_order_is_checked():
+    from cvvae.inference.planner import ChunkPlan
+
+    with pytest.raises(ValueError, match="tile_order"):
+        ChunkPlan(tile_size=128, tile_order="random")
 
 
 def test_memory_budget_tiles_the_frame_when_a_chunk_does_not_fit():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .streaming import STATS_MODES
+from .streaming import STATS_MODES, TILE_ORDERS
 
 ACTIVATION_COPIES = 6  # live C0 x frames x H x W tensors at the trunk's widest point
 MIN_ENCODE_FRAMES = 4
@@ -32,6 +32,7 @@ class ChunkPlan:
     encode_stats: str = "two_pass"
     decode_stats: str = "running"
     tile_size: int | None = None  # spatial tiles of about this many video pixels (two-pass stats)
+    tile_order: str = "sequential"  # how the tiles' statistics pass runs (streaming.tile_statistics)
 
     def __post_init__(self):
         if self.encode_frames < MIN_ENCODE_FRAMES or self.encode_frames % 4:
@@ -40,6 +41,8 @@ class ChunkPlan:
             raise ValueError(f"decode_latents must be >= 1, got {self.decode_latents}")
         if self.tile_size is not None and self.tile_size < 64:
             raise ValueError(f"tile_size must be >= 64 pixels, got {self.tile_size}")
+        if self.tile_order not in TILE_ORDERS:
+            raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {self.tile_order!r}")
         for stats in (self.encode_stats, self.decode_stats):
             if stats not in STATS_MODES:
                 raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
@@ -78,5 +81,6 @@ def describe_plan(plan: ChunkPlan, direction: str) -> str:
     else:
         chunks = f"{plan.decode_latents} latent frames per chunk, {plan.decode_stats} statistics"
     if plan.tile_size:
-        chunks = f"{chunks.split(',')[0]}, spatial tiles of {plan.tile_size} px, two_pass statistics"
+        chunks = (f"{chunks.split(',')[0]}, spatial tiles of {plan.tile_size} px, two_pass statistics "
+                  f"({plan.tile_order} tiles)")
     return f"{direction}: {chunks}"

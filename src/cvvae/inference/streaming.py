@@ -27,6 +27,7 @@ from ..models.layers import PaddedConv3d, VideoGroupNorm
 from .tiling import Tile, decoder_halo, encoder_halo, tile_grid
 
 STATS_MODES = ("two_pass", "running", "chunk")
+TILE_ORDERS = ("sequential", "lockstep")
 
 
 class StreamState:
@@ -223,6 +224,41 @@ def run_trunk(
     return _run_chunks(trunk, chunks, frozen, out_frames)
 
 
+def tile_statistics(
+    trunk: Callable,
+    x: torch.Tensor,
+    split: Callable[[torch.Tensor], list[torch.Tensor]],
+    out_frames: int,
+    max_latents: int,
+    tiles: list[Tile],
+    order: str = "sequential",
+) -> dict:
+    """Clip statistics estimated over the tiles' own regions (no halos), pooled across tiles,
+    each call normalised with what has been pooled so far.
+
+    ``order``: ``"sequential"`` runs one tile after the other (holds one tile's conv caches);
+    ``"lockstep"`` advances every tile one time chunk at a time, so that after the first chunk
+    every tile is normalised with statistics of the whole frame, not mostly its own (closer to
+    the full pass, but holds every tile's caches at once; docs/performance.md).
+    """
+    if order not in TILE_ORDERS:
+        raise ValueError(f"tile statistics order must be one of {TILE_ORDERS}, got {order!r}")
+    totals: dict = {}
+    passes = [
+        chunk_calls(trunk, split(x[..., t.own[0], t.own[1]]),
+                    StreamState("running", max_latents=max_latents, totals=totals), out_frames)
+        for t in tiles
+    ]
+    if order == "lockstep":
+        while passes:
+            passes = [p for p in passes if next(p, None) is not None]
+    else:
+        for p in passes:
+            for _ in p:
+                pass
+    return _as_stats(totals)
+
+
 def run_trunk_tiled(
     trunk: Callable,
     x: torch.Tensor,
@@ -232,22 +268,19 @@ def run_trunk_tiled(
     tiles: list[Tile],
     scale: tuple[int, int],
     frozen: dict | None = None,
+    order: str = "sequential",
 ) -> torch.Tensor:
     """Like :func:`run_trunk` with ``"two_pass"`` statistics, over spatial tiles of ``x`` too.
 
-    The first pass runs each tile's own region (no halo) and pools every tile's statistics;
-    the second runs each tile with its halo under those frozen statistics and keeps its own
+    The first pass estimates the statistics over the tiles (:func:`tile_statistics`, in
+    ``order``); the second runs each tile with its halo under them, frozen, and keeps its own
     region, so tiles agree on normalisation and meet without seams. ``split`` cuts a tile's
     clip into time chunks; ``scale = (num, den)`` maps input to output pixels; ``frozen``
     statistics, when given, replace the first pass.
     """
     num, den = scale
     if frozen is None:
-        shared: dict = {}
-        for tile in tiles:
-            state = StreamState("running", max_latents=max_latents, totals=shared)
-            _run_chunks(trunk, split(x[..., tile.own[0], tile.own[1]]), state, out_frames, keep=False)
-        frozen = _as_stats(shared)
+        frozen = tile_statistics(trunk, x, split, out_frames, max_latents, tiles, order)
     out = None
     for tile in tiles:
         state = StreamState("frozen", frozen, max_latents)
@@ -276,17 +309,20 @@ def split_time(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def encode_moments(
-    encoder: nn.Module, x: torch.Tensor, chunk_frames: int, stats: str, tile: int | None = None
+    encoder: nn.Module, x: torch.Tensor, chunk_frames: int, stats: str, tile: int | None = None,
+    tile_order: str = "sequential",
 ) -> torch.Tensor:
     """Encoder moments of ``(B, 3, 1 + 4k, H, W)`` with the trunk run ``chunk_frames`` at a time
-    (and over ``tile``-pixel spatial tiles with halos, two-pass statistics, when given)."""
+    (and over ``tile``-pixel spatial tiles with halos, two-pass statistics gathered in
+    ``tile_order``, when given)."""
     latent_frames = 1 + (x.shape[2] - 1) // 4
     per_chunk = max(4, chunk_frames) // 4 + 1  # the first chunk's 1 + n frames pass in one call
     if tile is not None:
         tiles = tile_grid(x.shape[3], x.shape[4], tile, encoder_halo(len(encoder.down[0].block)), align=8)
         if len(tiles) > 1:
             split = functools.partial(split_encoder_input, chunk_frames=chunk_frames)
-            h = run_trunk_tiled(encoder.trunk, x, split, latent_frames, per_chunk, tiles, (1, 8))
+            h = run_trunk_tiled(encoder.trunk, x, split, latent_frames, per_chunk, tiles, (1, 8),
+                                order=tile_order)
             return encoder.head(h)
     chunks = split_encoder_input(x, chunk_frames)
     return encoder.head(run_trunk(encoder.trunk, chunks, stats, latent_frames, per_chunk))
@@ -294,11 +330,12 @@ def encode_moments(
 
 @torch.no_grad()
 def decode_latents(
-    decoder: nn.Module, z: torch.Tensor, chunk_latents: int, stats: str, tile: int | None = None
+    decoder: nn.Module, z: torch.Tensor, chunk_latents: int, stats: str, tile: int | None = None,
+    tile_order: str = "sequential",
 ) -> torch.Tensor:
     """Decoded video of latents ``(B, C, t, h, w)``, the trunk run ``chunk_latents`` latent
-    frames at a time (and over ``tile``-pixel output tiles with halos, two-pass statistics,
-    when given)."""
+    frames at a time (and over ``tile``-pixel output tiles with halos, two-pass statistics
+    gathered in ``tile_order``, when given)."""
     frames = 1 + 4 * (z.shape[2] - 1)
     h = decoder.head(z)
     if tile is not None:
@@ -306,7 +343,8 @@ def decode_latents(
         tiles = tile_grid(h.shape[3], h.shape[4], max(1, tile // 8), halo, align=1)
         if len(tiles) > 1:
             split = functools.partial(split_time, chunk_frames=chunk_latents)
-            return run_trunk_tiled(decoder.trunk, h, split, frames, chunk_latents, tiles, (8, 1))
+            return run_trunk_tiled(decoder.trunk, h, split, frames, chunk_latents, tiles, (8, 1),
+                                   order=tile_order)
     return run_trunk(decoder.trunk, split_time(h, chunk_latents), stats, frames, chunk_latents)
 
 

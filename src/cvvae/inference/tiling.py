@@ -39,21 +39,25 @@ class Tile:
         return slice(offset, offset + length)
 
 
-def _spans(size: int, tile: int, halo: int) -> list[tuple[slice, slice]]:
-    starts = range(0, size, tile)
+def _spans(size: int, tile: int, halo: int, align: int) -> list[tuple[slice, slice]]:
+    """``ceil(size / tile)`` spans of near-equal length (multiples of ``align`` but the last),
+    each with its halo clipped to ``[0, size)``."""
+    n = -(-size // tile)
+    bounds = [i * size // n // align * align for i in range(n)] + [size]
     return [
-        (slice(s, min(s + tile, size)), slice(max(0, s - halo), min(size, s + tile + halo)))
-        for s in starts
+        (slice(a, b), slice(max(0, a - halo), min(size, b + halo)))
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
 
 
 def tile_grid(height: int, width: int, tile: int, halo: int, align: int) -> list[Tile]:
-    """Tiles of about ``tile`` x ``tile`` pixels covering ``height x width``; sizes and halos
-    are rounded to multiples of ``align`` (the trunk's downsampling factor)."""
+    """The fewest tiles of at most about ``tile`` x ``tile`` pixels covering ``height x width``,
+    of near-equal sizes (the largest tile sets the peak memory); sizes and halos are multiples of
+    ``align`` (the trunk's downsampling factor)."""
     tile = max(align, tile // align * align)
     halo = -(-halo // align) * align
     return [
         Tile((rows, cols), (rows_p, cols_p))
-        for rows, rows_p in _spans(height, tile, halo)
-        for cols, cols_p in _spans(width, tile, halo)
+        for rows, rows_p in _spans(height, tile, halo, align)
+        for cols, cols_p in _spans(width, tile, halo, align)
     ]

@@ -165,6 +165,7 @@ class CVVAE(ModelMixin, ConfigMixin):
         encode_stats: str = "two_pass",
         decode_stats: str = "running",
         tile_size: int | None = None,
+        tile_order: str = "sequential",
     ) -> None:
         """Run the full-resolution parts in time chunks (expert settings; never saved).
 
@@ -173,10 +174,12 @@ class CVVAE(ModelMixin, ConfigMixin):
         obtained (``"two_pass"``, ``"running"`` or ``"chunk"``, see
         :mod:`cvvae.inference.streaming`). Memory then grows with the chunk, not the clip.
         ``tile_size`` (video pixels) also splits each frame into tiles with halos; tiles need the
-        statistics before they run, so they always use ``"two_pass"``.
+        statistics before they run, so they always use ``"two_pass"``, its first pass over the
+        tiles one after the other (``tile_order="sequential"``) or all advancing together
+        (``"lockstep"``: closer to the full pass, more memory; docs/performance.md).
         """
         self._chunk_plan = ChunkPlan(encode_frames, decode_latents, encode_stats, decode_stats,
-                                     tile_size)
+                                     tile_size, tile_order)
         self._memory_budget = None
 
     def set_memory_budget(self, gib: float) -> None:
@@ -216,7 +219,7 @@ class CVVAE(ModelMixin, ConfigMixin):
             moments = self.encoder(video)
         else:
             moments = encode_moments(self.encoder, video, plan.encode_frames, plan.encode_stats,
-                                     plan.tile_size)
+                                     plan.tile_size, plan.tile_order)
         if not torch.is_grad_enabled():
             check_finite(moments, self.encoder, lambda: self.encoder(video), "encoder")
         posterior = DiagonalGaussian(moments.squeeze(2) if image else moments)
@@ -247,7 +250,8 @@ class CVVAE(ModelMixin, ConfigMixin):
         if plan is None:
             x = self.decoder(z)
         else:
-            x = decode_latents(self.decoder, z, plan.decode_latents, plan.decode_stats, plan.tile_size)
+            x = decode_latents(self.decoder, z, plan.decode_latents, plan.decode_stats, plan.tile_size,
+                               plan.tile_order)
         if not torch.is_grad_enabled():
             check_finite(x, self.decoder, lambda: self.decoder(z), "decoder")
         x = x[:, :, :num_frames, :height, :width]
