@@ -100,13 +100,7 @@ def tiles_pass(t: Trunk, every: int = 1, lockstep: bool = False, halo: float | N
                               OwnRegionState(tile, max_latents=t.max_latents, totals=totals), t.out_frames)
         for tile in t.halo_tiles(halo)[::every]
     ]
-    if lockstep:
-        while calls:
-            calls = [c for c in calls if next(c, None) is not None]
-    else:
-        for c in calls:
-            for _ in c:
-                pass
+    streaming.drain(calls, order)
     return streaming.StreamState("running", totals=totals).clip_stats()
 
 
@@ -117,8 +111,7 @@ def whole_pass(t: Trunk, scale: float = 1.0) -> dict:
         x = F.interpolate(x.flatten(1, 2), scale_factor=scale, mode="area").unflatten(1, x.shape[1:3])
         x = x[..., : x.shape[3] // t.align * t.align, : x.shape[4] // t.align * t.align]
     state = streaming.StreamState("running", max_latents=t.max_latents)
-    for _ in streaming.chunk_calls(t.trunk, t.split(x), state, t.out_frames):
-        pass
+    streaming.drain([streaming.chunk_calls(t.trunk, t.split(x), state, t.out_frames)], "sequential")
     return state.clip_stats()
 
 

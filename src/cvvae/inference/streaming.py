@@ -249,6 +249,13 @@ def tile_statistics(
                     StreamState("running", max_latents=max_latents, totals=totals), out_frames)
         for t in tiles
     ]
+    drain(passes, order)
+    return _as_stats(totals)
+
+
+def drain(passes: list[Iterator], order: str) -> None:
+    """Run chunked passes (:func:`chunk_calls`) to their ends: ``"sequential"``, one after the
+    other, or ``"lockstep"``, one call of each in turn."""
     if order == "lockstep":
         while passes:
             passes = [p for p in passes if next(p, None) is not None]
@@ -256,7 +263,6 @@ def tile_statistics(
         for p in passes:
             for _ in p:
                 pass
-    return _as_stats(totals)
 
 
 def run_trunk_tiled(
