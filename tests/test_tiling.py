@@ -124,10 +124,10 @@ def test_tile_order_is_checked():
 def test_memory_budget_tiles_the_frame_when_a_chunk_does_not_fit():
     from cvvae.inference.planner import describe_plan, plan_for_budget
 
-    plan = plan_for_budget(2 * 2**30, 33, 720, 1280, 128, 512, 4)
+    plan = plan_for_budget(2 * 2**30, 33, 720, 1280, 128, 512, 4, "decode", 2)
     assert plan.tile_size is not None and 64 <= plan.tile_size < 720
     assert f"spatial tiles of {plan.tile_size} px" in describe_plan(plan, "decode")
-    assert plan_for_budget(64 * 2**30, 33, 720, 1280, 128, 512, 4).tile_size is None
+    assert plan_for_budget(64 * 2**30, 33, 720, 1280, 128, 512, 4, "decode", 2).tile_size is None
 
 
 @torch.no_grad()
@@ -158,3 +158,35 @@ def test_tile_statistics_study_counts_own_regions_exactly(reference_dir):
     for norm, (mean, var) in exact.items():
         torch.testing.assert_close(pooled[norm][0], mean, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(pooled[norm][1], var, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("folder", ["cvvae_sd21_tiny", "cvvae_sd3_tiny"])
+def test_memory_budget_is_kept_counted_on_meta(reference_dir, folder, monkeypatch):
+    """The plan a budget picks peaks within it, for both directions (counted on the meta device,
+    where the model allocates shapes only, with attention counted as the fused kernels
+    allocate it); the full pass needs two to three times this budget."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    from cvvae.inference.memory import PeakMemory
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_inference.py"
+    spec = importlib.util.spec_from_file_location("bench_inference", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", F.scaled_dot_product_attention)  # restored after
+    bench.count_fused_attention_on_meta()
+
+    model = torch.nn.Module.to(CVVAE.from_pretrained(reference_dir / folder), "meta", torch.bfloat16).eval()
+    x = torch.empty(1, 3, 9, 360, 640, device="meta", dtype=torch.bfloat16)
+    z = torch.empty(1, model.config.latent_channels, 3, 45, 80, device="meta", dtype=torch.bfloat16)
+    for gib in (0.3,):
+        model.set_memory_budget(gib)
+        for run in (lambda: model.encode(x), lambda: model.decode(z)):
+            with PeakMemory() as meter:
+                run()
+            assert 0 < meter.peak_bytes <= gib * 2**30, (gib, meter.peak_bytes / 2**30)
+    model.disable_tiling()

@@ -1,10 +1,12 @@
 """Pick chunk sizes for chunked (streaming) inference from a memory budget.
 
 The cost model counts the largest live activations: the trunk's full-resolution feature maps
-for one chunk (``ACTIVATION_COPIES`` tensors of ``C0 x frames x H x W``), plus what stays whole
-(the input and output clips and the latent-resolution head). Its constant was calibrated against
-measured peaks (see docs/performance.md). :func:`describe_plan` says what a plan does for one
-direction, for the ``cvvae`` logger.
+for one chunk (``ACTIVATION_COPIES[direction]`` tensors of ``C0 x frames x H x W``, with two
+cached frames), plus what stays whole (the input and output clips and the latent-resolution
+head). With tiles, ``H x W`` is a tile with its halos. The constants were calibrated against
+peaks counted on the meta device for the full-size SD 2.1 and SD3 architectures at 720p, and
+set to the largest seen (docs/performance.md). :func:`describe_plan` says what a plan does for
+one direction, for the ``cvvae`` logger.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import math
 from dataclasses import dataclass
 
 from .streaming import STATS_MODES, TILE_ORDERS
+from .tiling import decoder_halo, encoder_halo
 
-ACTIVATION_COPIES = 6  # live C0 x frames x H x W tensors at the trunk's widest point
+# live C0 x frame x H x W tensors per chunk frame at the trunk's widest point; the non-causal
+# decoder holds more (delayed skips, held-back frames, three blocks per level)
+ACTIVATION_COPIES = {"encode": 6, "decode": 13}
 MIN_ENCODE_FRAMES = 4
 
 
@@ -56,19 +61,23 @@ def plan_for_budget(
     base_channels: int,
     top_channels: int,
     itemsize: int,
+    direction: str,
+    layers_per_block: int,
 ) -> ChunkPlan:
-    """The largest chunks whose estimated peak fits ``budget_bytes`` for a ``frames x height x
-    width`` clip (``base_channels``/``top_channels``: widths of the first and last level)."""
+    """The largest chunks whose estimated peak fits ``budget_bytes`` when ``direction``
+    (``"encode"`` or ``"decode"``) runs on a ``frames x height x width`` clip
+    (``base_channels``/``top_channels``: widths of the first and last level)."""
     pixels = height * width
-    whole = itemsize * (2 * 3 * frames * pixels + ACTIVATION_COPIES * top_channels * frames * pixels // 256)
-    per_frame = itemsize * ACTIVATION_COPIES * base_channels * pixels
-    room = max(0.0, budget_bytes - whole) / per_frame - 2  # two cached frames ride along
+    whole = itemsize * (2 * 3 * frames * pixels + 6 * top_channels * frames * pixels // 256)
+    per_pixel_frame = itemsize * ACTIVATION_COPIES[direction] * base_channels
+    room = max(0.0, budget_bytes - whole) / (per_pixel_frame * pixels) - 2  # two cached frames ride along
     encode_frames = max(MIN_ENCODE_FRAMES, int(room) // 4 * 4)
     decode_latents = max(1, int(room) // 4)
     tile = None
     if room < MIN_ENCODE_FRAMES:  # even the smallest chunk is too big: tile the frame too
-        area = max(0.0, budget_bytes - whole) / (per_frame / pixels * (MIN_ENCODE_FRAMES + 2))
-        tile = max(64, int(math.sqrt(area)) // 8 * 8)
+        halo = encoder_halo(layers_per_block) if direction == "encode" else 8 * decoder_halo(layers_per_block)
+        area = max(0.0, budget_bytes - whole) / (per_pixel_frame * (MIN_ENCODE_FRAMES + 2))
+        tile = max(64, (int(math.sqrt(area)) - 2 * halo) // 8 * 8)
         if tile >= max(height, width):
             tile = None
     return ChunkPlan(encode_frames, decode_latents, tile_size=tile)

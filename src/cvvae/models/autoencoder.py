@@ -201,7 +201,7 @@ class CVVAE(ModelMixin, ConfigMixin):
             return self._chunk_plan
         channels = self.config.block_out_channels
         plan = plan_for_budget(self._memory_budget * 2**30, frames, height, width, channels[0],
-                               channels[-1], self.dtype.itemsize)
+                               channels[-1], self.dtype.itemsize, direction, self.config.layers_per_block)
         logger.info("memory budget %.2f GiB, %d frames %dx%d -> %s", self._memory_budget, frames,
                     width, height, describe_plan(plan, direction))
         return plan
