@@ -57,14 +57,8 @@ class OwnRegionState(streaming.StreamState):
         if x.shape[2] == 0:
             return x
         height = self.tile.padded[0].stop - self.tile.padded[0].start
-        scale = x.shape[3] / height
-        rows, cols = (self._own(axis, scale) for axis in (0, 1))
+        rows, cols = (self.tile.crop(axis, x.shape[3], height) for axis in (0, 1))
         return self._normalise(norm, x, self._count(norm, x[..., rows, cols]))
-
-    def _own(self, axis: int, scale: float) -> slice:
-        own, padded = self.tile.own[axis], self.tile.padded[axis]
-        start = round((own.start - padded.start) * scale)
-        return slice(start, start + round((own.stop - own.start) * scale))
 
 
 class Trunk:
@@ -74,17 +68,16 @@ class Trunk:
                  tile: int, halo: int, align: int, scale: tuple[int, int]):
         self.trunk, self.x, self.split, self.out_frames, self.max_latents = trunk, x, split, out_frames, max_latents
         self.tiles = tile_grid(x.shape[3], x.shape[4], tile, halo, align)
-        self.halo, self.align, self.scale = halo, align, scale
+        self.tile, self.halo, self.align, self.scale = tile, halo, align, scale
 
     def main_pass(self, stats: dict) -> torch.Tensor:
         return streaming.run_trunk_tiled(self.trunk, self.x, self.split, self.out_frames, self.max_latents,
                                          self.tiles, self.scale, frozen=stats)
 
     def halo_tiles(self, fraction: float) -> list[Tile]:
+        """The same tiles with ``fraction`` of the trunk's halo (rounded down to ``align``)."""
         halo = int(self.halo * fraction) // self.align * self.align
-        height, width = self.x.shape[3:]
-        grow = lambda s, n: slice(max(0, s.start - halo), min(n, s.stop + halo))  # noqa: E731
-        return [Tile(t.own, (grow(t.own[0], height), grow(t.own[1], width))) for t in self.tiles]
+        return tile_grid(self.x.shape[3], self.x.shape[4], self.tile, halo, self.align)
 
 
 def tiles_pass(t: Trunk, every: int = 1, lockstep: bool = False, halo: float | None = None) -> dict:

@@ -20,6 +20,7 @@ from .tiling import decoder_halo, encoder_halo
 # live C0 x frame x H x W tensors per chunk frame at the trunk's widest point; the non-causal
 # decoder holds more (delayed skips, held-back frames, three blocks per level)
 ACTIVATION_COPIES = {"encode": 6, "decode": 13}
+HEAD_COPIES = 6  # live top_channels x frames x h x w tensors of the latent-resolution head
 MIN_ENCODE_FRAMES = 4
 
 
@@ -68,7 +69,7 @@ def plan_for_budget(
     (``"encode"`` or ``"decode"``) runs on a ``frames x height x width`` clip
     (``base_channels``/``top_channels``: widths of the first and last level)."""
     pixels = height * width
-    whole = itemsize * (2 * 3 * frames * pixels + 6 * top_channels * frames * pixels // 256)
+    whole = itemsize * (2 * 3 * frames * pixels + HEAD_COPIES * top_channels * frames * pixels // 256)
     per_pixel_frame = itemsize * ACTIVATION_COPIES[direction] * base_channels
     room = max(0.0, budget_bytes - whole) / (per_pixel_frame * pixels) - 2  # two cached frames ride along
     encode_frames = max(MIN_ENCODE_FRAMES, int(room) // 4 * 4)

@@ -190,17 +190,14 @@ def chunk_calls(trunk: Callable, chunks: list[torch.Tensor], state: StreamState,
         raise RuntimeError(f"chunked pass produced {filled} frames, expected {out_frames}")
 
 
-def _run_chunks(
-    trunk: Callable, chunks: list[torch.Tensor], state: StreamState, out_frames: int, keep: bool = True
-) -> torch.Tensor | None:
-    """All of :func:`chunk_calls`, written into one preallocated clip (returned), or dropped when
-    ``keep`` is False (a statistics-only pass)."""
+def _run_chunks(trunk: Callable, chunks: list[torch.Tensor], state: StreamState, out_frames: int) -> torch.Tensor:
+    """All of :func:`chunk_calls`, written into one preallocated clip (statistics-only passes
+    :func:`drain` the calls instead)."""
     out, filled = None, 0
     for y in chunk_calls(trunk, chunks, state, out_frames):
-        if keep:
-            if out is None:
-                out = y.new_empty(*y.shape[:2], out_frames, *y.shape[3:])
-            out[:, :, filled : filled + y.shape[2]] = y
+        if out is None:
+            out = y.new_empty(*y.shape[:2], out_frames, *y.shape[3:])
+        out[:, :, filled : filled + y.shape[2]] = y
         filled += y.shape[2]
     return out
 
@@ -219,7 +216,7 @@ def run_trunk(
     if stats != "two_pass":
         return _run_chunks(trunk, chunks, StreamState(stats, max_latents=max_latents), out_frames)
     first = StreamState("running", max_latents=max_latents)
-    _run_chunks(trunk, chunks, first, out_frames, keep=False)
+    drain([chunk_calls(trunk, chunks, first, out_frames)], "sequential")
     frozen = StreamState("frozen", first.clip_stats(), max_latents)
     return _run_chunks(trunk, chunks, frozen, out_frames)
 
