@@ -130,9 +130,22 @@ def compiled_networks(model: CVVAE):
         model.encoder, model.decoder = encoder, decoder
 
 
+def our_variants(ours: list[str], tiles: list[int], orders: list[str]) -> dict[str, tuple[str, int | None, str]]:
+    """Mode label -> (statistics plan, tile size or None, tile order) for every combination; a tile
+    of 0 means whole frames (labels get ``-tileN`` and ``-lockstep`` suffixes where they apply)."""
+    variants = {}
+    for name in ours:
+        for tile in tiles or [0]:
+            for order in orders if tile else ["sequential"]:
+                label = name + (f"-tile{tile}" if tile else "") + ("-lockstep" if order == "lockstep" else "")
+                variants[label] = (name, tile or None, order)
+    return variants
+
+
 def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, int], with_reference: bool,
-              ours: list[str], tile: int | None, compile_full: bool = False,
-              tile_order: str = "sequential") -> list[dict]:
+              ours: dict[str, tuple[str, int | None, str]], compile_full: bool = False) -> list[dict]:
+    """Rows of time, peak and deviation: the full pass, then ``full-compiled`` and ``reference`` if
+    asked, then each of ``ours`` (see :func:`our_variants`)."""
     c = model.config.latent_channels
     rows = []
     model.disable_tiling()
@@ -146,18 +159,18 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
         modes["full-compiled"] = (lambda: model.encode(x).latent_dist.parameters, lambda z: model.decode(z).sample)
     if with_reference:
         modes["reference"] = (lambda: reference_encode(model, x), lambda z: reference_decode(model, z))
-    for name in ours:
+    for label, (name, tile, order) in ours.items():
         enc_stats, dec_stats = STATS[name]
 
-        def enc(stats=enc_stats):
-            model.enable_tiling(*chunks, encode_stats=stats, tile_size=tile, tile_order=tile_order)
+        def enc(stats=enc_stats, tile=tile, order=order):
+            model.enable_tiling(*chunks, encode_stats=stats, tile_size=tile, tile_order=order)
             return model.encode(x).latent_dist.parameters
 
-        def dec(z, stats=dec_stats):
-            model.enable_tiling(*chunks, decode_stats=stats, tile_size=tile, tile_order=tile_order)
+        def dec(z, stats=dec_stats, tile=tile, order=order):
+            model.enable_tiling(*chunks, decode_stats=stats, tile_size=tile, tile_order=order)
             return model.decode(z).sample
 
-        modes[name] = (enc, dec)
+        modes[label] = (enc, dec)
     for name, (enc, dec) in modes.items():
         try:
             with compiled_networks(model) if name == "full-compiled" else contextlib.nullcontext():
@@ -209,10 +222,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time the full pass under torch.compile (mode full-compiled; compiles in the warm-up)")
     parser.add_argument("--no-reference", action="store_true", help="skip the released-tiling baseline")
-    parser.add_argument("--ours", nargs="+", default=list(STATS), choices=list(STATS), help="which of our modes to run")
-    parser.add_argument("--tile", type=int, default=None, help="our spatial tile size in pixels (default: whole frames)")
-    parser.add_argument("--tile-order", default="sequential", choices=["sequential", "lockstep"],
-                        help="how the tiles' statistics pass runs (CVVAE.enable_tiling)")
+    parser.add_argument("--ours", nargs="*", default=list(STATS), choices=list(STATS), help="which of our modes to run")
+    parser.add_argument("--tile", type=int, nargs="+", default=[0],
+                        help="our spatial tile sizes in pixels, one mode each (0: whole frames, the default)")
+    parser.add_argument("--tile-order", nargs="+", default=["sequential"], choices=["sequential", "lockstep"],
+                        help="how the tiles' statistics pass runs (CVVAE.enable_tiling), one mode each")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")
     parser.add_argument("--out", type=Path, default=Path("benchmark-inference.json"))
     args = parser.parse_args()
@@ -229,7 +243,7 @@ def main() -> None:
     results = {"chunks": args.chunks, "tile": args.tile, "tile_order": args.tile_order, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "torch": torch.__version__, "dtype": args.dtype, "repeats": repeats,
                "channels_last": args.channels_last, "compile": args.compile, "command": " ".join(sys.argv), "rows": []}
-    header = f"{'model':10} {'size':>14} {'mode':>16} {'enc s':>8} {'dec s':>8} {'enc MiB':>9} {'dec MiB':>9} {'lat err':>8} {'PSNR':>6}"
+    header = f"{'model':10} {'size':>14} {'mode':>22} {'enc s':>8} {'dec s':>8} {'enc MiB':>9} {'dec MiB':>9} {'lat err':>8} {'PSNR':>6}"
     print(header)
     torch.set_grad_enabled(False)
     for spec in args.models:
@@ -241,8 +255,8 @@ def main() -> None:
             if args.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             try:
-                rows = run_modes(model, x, meter, tuple(args.chunks), not args.no_reference, args.ours, args.tile,
-                                 args.compile, args.tile_order)
+                rows = run_modes(model, x, meter, tuple(args.chunks), not args.no_reference,
+                                 our_variants(args.ours, args.tile, args.tile_order), args.compile)
             except torch.OutOfMemoryError:
                 rows = [dict(mode="full", error="out of memory")]
                 torch.cuda.empty_cache()
@@ -250,15 +264,21 @@ def main() -> None:
                 row.update(model=spec, frames=t, height=h, width=w)
                 results["rows"].append(row)
                 if "error" in row:
-                    print(f"{spec:10} {t:>4}x{h}x{w:<5} {row['mode']:>16} {row['error']}")
+                    print(f"{spec:10} {t:>4}x{h}x{w:<5} {row['mode']:>22} {row['error']}")
                     continue
-                print(f"{spec:10} {t:>4}x{h}x{w:<5} {row['mode']:>16} {fmt(row['encode_s'], 8, 3)} "
+                print(f"{spec:10} {t:>4}x{h}x{w:<5} {row['mode']:>22} {fmt(row['encode_s'], 8, 3)} "
                       f"{fmt(row['decode_s'], 8, 3)} {row['encode_peak'] / 2**20:9.1f} {row['decode_peak'] / 2**20:9.1f} "
                       f"{fmt(row['latent_max_err'], 8, 4)} {fmt(row['decoded_psnr'], 6, 1)}", flush=True)
             del x
+            write_atomically(args.out, json.dumps(results, indent=1))  # after each size: a run cut short keeps its rows
         del model
-    args.out.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,16 @@ Alternatives:
 - ``halo/2, own counted, lockstep`` and ``... tile by tile``: tiles with half-width halos whose
   statistics count only their own region (no zero-padded tile borders in the statistics);
 - ``whole frame``: the untiled chunked pass (no tiles; the memory tiles exist to avoid);
-- ``half resolution``: the whole frame at half size (area-downsampled input).
+- ``half resolution``: the whole frame at half size (area-downsampled input);
+- ``exact``: the clip's own statistics (the untiled trunk on the whole clip in one call): what
+  tiles give when the estimate is perfect, so it separates the estimate's error from the tiling's.
+
+``--model`` takes a model folder or a benchmark spec (``sd21_tiny``, ``sd21_full``, ...; see
+bench_inference.load_model), ``--video synthetic`` the benchmark's synthetic clip.
 
     python benchmarks/tile_statistics.py --out docs/bench/cpu-360p-tile-statistics.json
     python benchmarks/tile_statistics.py --size 17x720x1280 --tile 640 --only "own, tile by tile" "own, lockstep"
+    python benchmarks/tile_statistics.py --model sd21_full --video synthetic --only exact "own, tile by tile"
 """
 
 from __future__ import annotations
@@ -36,11 +42,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cvvae import CVVAE
 from cvvae.inference import streaming
 from cvvae.inference.memory import PeakMemory
 from cvvae.inference.tiling import Tile, decoder_halo, encoder_halo, tile_grid
 from cvvae.io import read_video
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_inference import load_model, synthetic_clip  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,14 +105,16 @@ def tiles_pass(t: Trunk, every: int = 1, lockstep: bool = False, halo: float | N
     return streaming.StreamState("running", totals=totals).clip_stats()
 
 
-def whole_pass(t: Trunk, scale: float = 1.0) -> dict:
-    """Statistics of the untiled chunked pass, on the input resized by ``scale``."""
+def whole_pass(t: Trunk, scale: float = 1.0, one_call: bool = False) -> dict:
+    """Statistics of the untiled chunked pass, on the input resized by ``scale``; with
+    ``one_call`` the whole clip goes through in one call (the clip's exact statistics)."""
     x = t.x
     if scale != 1.0:
         x = F.interpolate(x.flatten(1, 2), scale_factor=scale, mode="area").unflatten(1, x.shape[1:3])
         x = x[..., : x.shape[3] // t.align * t.align, : x.shape[4] // t.align * t.align]
-    state = streaming.StreamState("running", max_latents=t.max_latents)
-    streaming.drain([streaming.chunk_calls(t.trunk, t.split(x), state, t.out_frames)], "sequential")
+    chunks, cap = ([x], t.out_frames) if one_call else (t.split(x), t.max_latents)
+    state = streaming.StreamState("running", max_latents=cap)
+    streaming.drain([streaming.chunk_calls(t.trunk, chunks, state, t.out_frames)], "sequential")
     return state.clip_stats()
 
 
@@ -116,6 +126,7 @@ ALTERNATIVES = {
     "halo/2, own counted, lockstep": functools.partial(tiles_pass, halo=0.5, lockstep=True),
     "whole frame": whole_pass,
     "half resolution": functools.partial(whole_pass, scale=0.5),
+    "exact": functools.partial(whole_pass, one_call=True),
 }
 
 
@@ -137,8 +148,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(ROOT / "src/cvvae/assets/model"))
-    parser.add_argument("--video", default=str(ROOT.parent / "shared/data/videos/pexels_4896510_1280x720_30fps.mp4"))
+    parser.add_argument("--model", default=str(ROOT / "src/cvvae/assets/model"), help="a folder or sd21_full etc.")
+    parser.add_argument("--video", default=str(ROOT.parent / "shared/data/videos/pexels_4896510_1280x720_30fps.mp4"),
+                        help="a video file, or 'synthetic'")
     parser.add_argument("--size", default="17x360x640", help="TxHxW read from the video")
     parser.add_argument("--tile", type=int, default=320, help="tile size in video pixels")
     parser.add_argument("--chunks", nargs=2, type=int, default=[4, 1], metavar=("FRAMES", "LATENTS"))
@@ -148,8 +160,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     frames, height, width = (int(v) for v in args.size.split("x"))
-    model = CVVAE.from_pretrained(args.model).eval()
-    x = read_video(args.video, num_frames=frames, size=(height, width))[0][None]
+    model = load_model(args.model, ROOT.parent / "shared" / "reference").eval()
+    if args.video == "synthetic":
+        x = synthetic_clip(frames, height, width)
+    else:
+        x = read_video(args.video, num_frames=frames, size=(height, width))[0][None]
     enc, dec = model.encoder, model.decoder
     full_m, enc_full_s = timed(enc, x)
     h = dec.head(full_m[:, : model.config.latent_channels])
