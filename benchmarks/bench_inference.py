@@ -40,6 +40,7 @@ from reference_tiling import reference_decode, reference_encode  # noqa: E402
 
 from cvvae import CVVAE  # noqa: E402
 from cvvae.inference.memory import PeakMemory  # noqa: E402
+from cvvae.io import atomic_path  # noqa: E402
 from cvvae.models.checkpoint import config_from_released  # noqa: E402
 
 QUICK_SIZES = [(17, 256, 256), (33, 256, 256), (9, 720, 1280)]
@@ -270,15 +271,11 @@ def main() -> None:
                       f"{fmt(row['decode_s'], 8, 3)} {row['encode_peak'] / 2**20:9.1f} {row['decode_peak'] / 2**20:9.1f} "
                       f"{fmt(row['latent_max_err'], 8, 4)} {fmt(row['decoded_psnr'], 6, 1)}", flush=True)
             del x
-            write_atomically(args.out, json.dumps(results, indent=1))  # after each size: a run cut short keeps its rows
+            with atomic_path(args.out) as tmp:  # after each size: a run cut short keeps its rows
+                tmp.write_text(json.dumps(results, indent=1))
         del model
     print(f"wrote {args.out}")
 
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

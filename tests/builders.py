@@ -1,5 +1,9 @@
 """Small models and helpers that several test files build the same way."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import torch
 from diffusers import AutoencoderKL
 
@@ -25,3 +29,13 @@ def clip_statistics(trunk, x: torch.Tensor) -> dict:
     state.begin_call(final=True)
     trunk(x, state)
     return state.clip_stats()
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (registered, so its dataclasses resolve)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,26 +1,14 @@
 """The reproduction script end to end at toy size (--quick) on two synthetic clips."""
 
-import importlib.util
 import json
 import math
-import sys
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 import torch
+from builders import load_benchmark
 
 from cvvae.io import write_video
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def _moving_clip(frames: int, phase: float) -> torch.Tensor:
@@ -42,7 +30,7 @@ def test_quick_reproduction_writes_sane_outputs(tmp_path):
     out = tmp_path / "out"
     threads = torch.get_num_threads()
     try:
-        code = _load_script().main(["--quick", "--out", str(out), "--videos", *map(str, videos)])
+        code = load_benchmark("reproduce").main(["--quick", "--out", str(out), "--videos", *map(str, videos)])
     finally:
         torch.set_num_threads(threads)
     assert code == 0

@@ -4,7 +4,7 @@ import functools
 
 import pytest
 import torch
-from builders import clip_statistics
+from builders import clip_statistics, load_benchmark
 
 from cvvae import CVVAE
 from cvvae.inference.streaming import (
@@ -135,25 +135,18 @@ def test_tile_statistics_study_counts_own_regions_exactly(reference_dir):
     """benchmarks/tile_statistics.py: tiles with full halos, counting only their own regions,
     see exactly the full pass's activations, so under the clip's statistics they pool to them;
     the study's ``exact`` alternative is the clip's statistics."""
-    import importlib.util
-    from pathlib import Path
+    from cvvae.inference.streaming import StreamState, chunk_calls, drain
 
-    from cvvae.inference.streaming import StreamState, chunk_calls
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tile_statistics.py"
-    spec = importlib.util.spec_from_file_location("tile_statistics", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_benchmark("tile_statistics")
     model = CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny")
     x = torch.rand(1, 3, 9, 96, 160) * 2 - 1
     exact = clip_statistics(model.encoder.trunk, x)
     trunk = study.Trunk(model.encoder.trunk, x, functools.partial(split_encoder_input, chunk_frames=4), 3, 2,
                         64, encoder_halo(1), 8, (1, 8))
     totals: dict = {}
-    for tile in trunk.halo_tiles(1.0):
-        state = study.OwnRegionState(tile, "frozen", frozen_stats=exact, max_latents=2, totals=totals)
-        for _ in chunk_calls(trunk.trunk, trunk.split(x[..., tile.padded[0], tile.padded[1]]), state, 3):
-            pass
+    drain([chunk_calls(trunk.trunk, trunk.split(x[..., tile.padded[0], tile.padded[1]]),
+                       study.OwnRegionState(tile, "frozen", frozen_stats=exact, max_latents=2, totals=totals), 3)
+           for tile in trunk.halo_tiles(1.0)], "sequential")
     pooled = StreamState("running", totals=totals).clip_stats()
     one_call = study.ALTERNATIVES["exact"](trunk)  # the study's lower bound: the clip's statistics
     for estimate in (pooled, one_call):
@@ -169,27 +162,21 @@ def test_memory_budget_is_kept_counted_on_meta(reference_dir, folder, monkeypatc
     """The plan a budget picks peaks within it, for both directions (counted on the meta device,
     where the model allocates shapes only, with attention counted as the fused kernels
     allocate it); the full pass needs two to three times this budget."""
-    import importlib.util
-    from pathlib import Path
-
     import torch.nn.functional as F
 
     from cvvae.inference.memory import PeakMemory
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_inference.py"
-    spec = importlib.util.spec_from_file_location("bench_inference", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_inference")
     monkeypatch.setattr(F, "scaled_dot_product_attention", F.scaled_dot_product_attention)  # restored after
     bench.count_fused_attention_on_meta()
 
     model = torch.nn.Module.to(CVVAE.from_pretrained(reference_dir / folder), "meta", torch.bfloat16).eval()
     x = torch.empty(1, 3, 9, 360, 640, device="meta", dtype=torch.bfloat16)
     z = torch.empty(1, model.config.latent_channels, 3, 45, 80, device="meta", dtype=torch.bfloat16)
-    for gib in (0.3,):
-        model.set_memory_budget(gib)
-        for run in (lambda: model.encode(x), lambda: model.decode(z)):
-            with PeakMemory() as meter:
-                run()
-            assert 0 < meter.peak_bytes <= gib * 2**30, (gib, meter.peak_bytes / 2**30)
+    gib = 0.3
+    model.set_memory_budget(gib)
+    for run in (lambda: model.encode(x), lambda: model.decode(z)):
+        with PeakMemory() as meter:
+            run()
+        assert 0 < meter.peak_bytes <= gib * 2**30, (gib, meter.peak_bytes / 2**30)
     model.disable_tiling()
