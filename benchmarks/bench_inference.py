@@ -131,20 +131,20 @@ def compiled_networks(model: CVVAE):
         model.encoder, model.decoder = encoder, decoder
 
 
-def our_variants(ours: list[str], tiles: list[int], orders: list[str]) -> dict[str, tuple[str, int | None, str]]:
-    """Mode label -> (statistics plan, tile size or None, tile order) for every combination; a tile
-    of 0 means whole frames (labels get ``-tileN`` and ``-lockstep`` suffixes where they apply)."""
+def our_variants(ours: list[str], tiles: list[int], levels: list[int]) -> dict[str, tuple[str, int | None, int]]:
+    """Mode label -> (statistics plan, tile size or None, tiled levels) for every combination; a
+    tile of 0 means whole frames (labels get ``-tileN`` and, for more than one level count, ``-LN``)."""
     variants = {}
     for name in ours:
         for tile in tiles or [0]:
-            for order in orders if tile else ["sequential"]:
-                label = name + (f"-tile{tile}" if tile else "") + ("-lockstep" if order == "lockstep" else "")
-                variants[label] = (name, tile or None, order)
+            for n in levels if tile else levels[:1]:
+                label = name + (f"-tile{tile}" if tile else "") + (f"-L{n}" if tile and len(levels) > 1 else "")
+                variants[label] = (name, tile or None, n)
     return variants
 
 
 def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, int], with_reference: bool,
-              ours: dict[str, tuple[str, int | None, str]], compile_full: bool = False) -> list[dict]:
+              ours: dict[str, tuple[str, int | None, int]], compile_full: bool = False) -> list[dict]:
     """Rows of time, peak and deviation: the full pass, then ``full-compiled`` and ``reference`` if
     asked, then each of ``ours`` (see :func:`our_variants`)."""
     c = model.config.latent_channels
@@ -160,15 +160,15 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
         modes["full-compiled"] = (lambda: model.encode(x).latent_dist.parameters, lambda z: model.decode(z).sample)
     if with_reference:
         modes["reference"] = (lambda: reference_encode(model, x), lambda z: reference_decode(model, z))
-    for label, (name, tile, order) in ours.items():
+    for label, (name, tile, levels) in ours.items():
         enc_stats, dec_stats = STATS[name]
 
-        def enc(stats=enc_stats, tile=tile, order=order):
-            model.enable_tiling(*chunks, encode_stats=stats, tile_size=tile, tile_order=order)
+        def enc(stats=enc_stats, tile=tile, levels=levels):
+            model.enable_tiling(*chunks, encode_stats=stats, tile_size=tile, tile_levels=levels)
             return model.encode(x).latent_dist.parameters
 
-        def dec(z, stats=dec_stats, tile=tile, order=order):
-            model.enable_tiling(*chunks, decode_stats=stats, tile_size=tile, tile_order=order)
+        def dec(z, stats=dec_stats, tile=tile, levels=levels):
+            model.enable_tiling(*chunks, decode_stats=stats, tile_size=tile, tile_levels=levels)
             return model.decode(z).sample
 
         modes[label] = (enc, dec)
@@ -226,8 +226,8 @@ def main() -> None:
     parser.add_argument("--ours", nargs="*", default=list(STATS), choices=list(STATS), help="which of our modes to run")
     parser.add_argument("--tile", type=int, nargs="+", default=[0],
                         help="our spatial tile sizes in pixels, one mode each (0: whole frames, the default)")
-    parser.add_argument("--tile-order", nargs="+", default=["sequential"], choices=["sequential", "lockstep"],
-                        help="how the tiles' statistics pass runs (CVVAE.enable_tiling), one mode each")
+    parser.add_argument("--tile-levels", type=int, nargs="+", default=[2],
+                        help="how many full-resolution levels the tiles cut (CVVAE.enable_tiling), one mode each")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")
     parser.add_argument("--out", type=Path, default=Path("benchmark-inference.json"))
     args = parser.parse_args()
@@ -241,7 +241,7 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes] if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     repeats = args.repeats or (1 if args.quick else 3)
     meter = Meter(device, repeats)
-    results = {"chunks": args.chunks, "tile": args.tile, "tile_order": args.tile_order, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    results = {"chunks": args.chunks, "tile": args.tile, "tile_levels": args.tile_levels, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "torch": torch.__version__, "dtype": args.dtype, "repeats": repeats,
                "channels_last": args.channels_last, "compile": args.compile, "command": " ".join(sys.argv), "rows": []}
     header = f"{'model':10} {'size':>14} {'mode':>22} {'enc s':>8} {'dec s':>8} {'enc MiB':>9} {'dec MiB':>9} {'lat err':>8} {'PSNR':>6}"
@@ -257,7 +257,7 @@ def main() -> None:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             try:
                 rows = run_modes(model, x, meter, tuple(args.chunks), not args.no_reference,
-                                 our_variants(args.ours, args.tile, args.tile_order), args.compile)
+                                 our_variants(args.ours, args.tile, args.tile_levels), args.compile)
             except torch.OutOfMemoryError:
                 rows = [dict(mode="full", error="out of memory")]
                 torch.cuda.empty_cache()

@@ -2,7 +2,7 @@
 # The GPU measurements recorded in docs/performance.md, as one script for a lent GPU machine
 # whose Python has torch but not diffusers: wheels in .whl/ (diffusers, importlib_metadata) and the
 # reference folders copied to .bench_data/ travel with the working tree.
-#   bash benchmarks/gpu_run.sh OUTDIR        # the latest measurements (about 8 minutes: one device call)
+#   bash benchmarks/gpu_run.sh OUTDIR        # the open measurements (about 6 minutes: one device call)
 #   bash benchmarks/gpu_run.sh OUTDIR all    # and the measurements already recorded
 set -u
 out=${1:-gpu-results}
@@ -13,21 +13,19 @@ export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt"
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >> "$out/gpu.txt"
 run() { echo "== $*"; timeout "$1" "${@:2}" 2>&1 | grep -v "kept in float32"; }
-# Recorded in docs/performance.md (H200), most important first; each line writes its JSON after every size:
-# time and peak of spatial tiles at 720p against the full pass and the released tiling, on the
-# full-size architectures (bfloat16), whole frames vs tiles and both tile orders on SD 2.1.
-run 190 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full --dtype bfloat16 \
-  --sizes 17x720x1280 --chunks 4 1 --tile 0 360 --tile-order sequential lockstep --ours ours --repeats 2 \
-  --out "$out/sd21_full_bf16_720p_tiles.json"
-run 150 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd3_full --dtype bfloat16 \
-  --sizes 17x720x1280 --chunks 4 1 --tile 360 --ours ours --repeats 2 --out "$out/sd3_full_bf16_720p_tiles.json"
-# the trained bundled model and the reference weights (float32)
-run 90 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models src/cvvae/assets/model sd21_tiny \
-  --sizes 17x720x1280 --chunks 4 1 --tile 360 --ours ours --repeats 2 --out "$out/trained_and_reference_720p_tiles.json"
-# torch.compile of the full pass (on the CPU it gained nothing: docs/performance.md)
+# Open (not measured on a GPU yet), most important first; each line writes its JSON after every size:
+# tiles at the two finest levels (the engine since the H200 session) at 720p, one pass of running
+# statistics and the default plan, against the full pass and the released tiling, 17 and 33 frames.
+run 240 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full sd3_full \
+  --dtype bfloat16 --sizes 17x720x1280 33x720x1280 --chunks 4 1 --tile 360 --tile-levels 1 2 --ours ours ours-running \
+  --repeats 2 --out "$out/full_bf16_720p_hybrid_tiles.json"
+run 120 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models src/cvvae/assets/model sd21_tiny \
+  --sizes 17x720x1280 --chunks 4 1 --tile 360 --ours ours ours-running --repeats 2 \
+  --out "$out/trained_and_reference_720p_hybrid_tiles.json"
+[ "$what" = all ] || exit 0
+# Recorded in docs/performance.md (H200): tiles over every level (the previous engine), torch.compile.
 run 150 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full --compile \
   --dtype bfloat16 --sizes 17x720x1280 --ours --no-reference --repeats 2 --out "$out/sd21_full_bf16_compile.json"
-[ "$what" = all ] || exit 0
 # The earlier H100 session's measurements:
 run 150 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_tiny sd3_tiny \
   --sizes 17x256x256 33x256x256 65x256x256 129x256x256 17x720x1280 33x720x1280 --repeats 3 --out "$out/bench_tiny.json"

@@ -9,8 +9,9 @@ from cvvae import CVVAE
 from cvvae.inference.memory import PeakMemory
 from cvvae.inference.streaming import (
     STATS_MODES,
-    StreamState,
-    _run_chunks,
+    decoder_parts,
+    encoder_parts,
+    run_parts,
     split_encoder_input,
     split_time,
 )
@@ -31,8 +32,8 @@ def test_encoder_chunks_equal_full_pass_given_clip_statistics(reference, chunk_f
     model, ref = reference
     x = ref["video33.input"]
     full = model.encoder.trunk(x)
-    state = StreamState("frozen", clip_statistics(model.encoder.trunk, x), max_latents=chunk_frames // 4)
-    chunked = _run_chunks(model.encoder.trunk, split_encoder_input(x, chunk_frames), state, full.shape[2])
+    chunked = run_parts(encoder_parts(model.encoder, *x.shape[3:], None, 1), split_encoder_input(x, chunk_frames), "two_pass",
+                        full.shape[2], chunk_frames // 4, frozen=clip_statistics(model.encoder.trunk, x))
     assert (chunked - full).abs().max() < 1e-4
 
 
@@ -43,8 +44,8 @@ def test_decoder_chunks_equal_full_pass_given_clip_statistics(reference, chunk_l
     z = ref["video33.moments"][:, : model.config.latent_channels]
     h = model.decoder.head(z)
     full = model.decoder.trunk(h)
-    state = StreamState("frozen", clip_statistics(model.decoder.trunk, h), max_latents=chunk_latents)
-    chunked = _run_chunks(model.decoder.trunk, split_time(h, chunk_latents), state, full.shape[2])
+    chunked = run_parts(decoder_parts(model.decoder, 8 * h.shape[3], 8 * h.shape[4], None, 1), split_time(h, chunk_latents), "two_pass",
+                        full.shape[2], chunk_latents, frozen=clip_statistics(model.decoder.trunk, h))
     assert (chunked - full).abs().max() < 1e-4
 
 

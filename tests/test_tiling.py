@@ -1,6 +1,6 @@
-"""Spatial tiles with halos: exact under shared statistics, and no seams."""
+"""Spatial tiles with halos at the high-resolution levels: exact under shared statistics, and no seams."""
 
-import functools
+import logging
 
 import pytest
 import torch
@@ -8,12 +8,13 @@ from builders import clip_statistics, load_benchmark
 
 from cvvae import CVVAE
 from cvvae.inference.streaming import (
-    run_trunk_tiled,
+    decoder_parts,
+    encoder_parts,
+    run_parts,
     split_encoder_input,
     split_time,
-    tile_statistics,
 )
-from cvvae.inference.tiling import decoder_halo, encoder_halo, tile_grid
+from cvvae.inference.tiling import Tile, tile_grid
 
 
 def _models(reference_dir):
@@ -45,123 +46,145 @@ def test_tile_grid_covers_the_frame_once_with_near_equal_tiles(height, width, ti
 
 
 @torch.no_grad()
-def test_tiles_with_halos_equal_the_full_pass_given_clip_statistics(reference_dir):
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+def test_tiles_with_halos_equal_the_full_pass_given_clip_statistics(reference_dir, levels):
+    """The first ``levels`` encoder levels (last decoder levels) by tiles with halos, the rest on
+    whole frames, chunk by chunk: with the clip's statistics, exactly the full pass."""
     for model in _models(reference_dir):
-        blocks = len(model.encoder.down[0].block)
         x = torch.rand(1, 3, 9, 96, 224) * 2 - 1
         full = model.encoder.trunk(x)
-        tiles = tile_grid(96, 224, 64, encoder_halo(blocks), align=8)
-        assert len(tiles) == 8
-        split = functools.partial(split_encoder_input, chunk_frames=4)
-        tiled = run_trunk_tiled(model.encoder.trunk, x, split, full.shape[2], 1, tiles, (1, 8),
-                                frozen=clip_statistics(model.encoder.trunk, x))
+        parts = encoder_parts(model.encoder, 96, 224, 64, levels)
+        assert len(parts[0][1]) == 8 and len(parts) == (1 if levels == 4 else 2)
+        tiled = run_parts(parts, split_encoder_input(x, 4), "two_pass", full.shape[2], 2,
+                          frozen=clip_statistics(model.encoder.trunk, x))
         assert (tiled - full).abs().max() < 1e-4
 
         h = model.decoder.head(torch.randn(1, model.config.latent_channels, 3, 12, 28))
         full = model.decoder.trunk(h)
-        tiles = tile_grid(12, 28, 8, decoder_halo(blocks), align=1)
-        tiled = run_trunk_tiled(model.decoder.trunk, h, functools.partial(split_time, chunk_frames=1),
-                                full.shape[2], 1, tiles, (8, 1), frozen=clip_statistics(model.decoder.trunk, h))
+        parts = decoder_parts(model.decoder, 96, 224, 64, levels)
+        assert len(parts[-1][1]) == 8
+        tiled = run_parts(parts, split_time(h, 1), "two_pass", full.shape[2], 1,
+                          frozen=clip_statistics(model.decoder.trunk, h))
         assert (tiled - full).abs().max() < 1e-4
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("folder,order", [("cvvae_sd21_tiny", "sequential"), ("cvvae_sd3_tiny", "sequential"),
-                                          ("cvvae_sd21_tiny", "lockstep")])
-def test_tile_borders_are_no_worse_than_tile_interiors(reference_dir, folder, order):
-    """With the default (estimated) statistics, the error against the full pass comes from the
-    statistics, which all tiles share: it is not larger along the seams."""
-    model = CVVAE.from_pretrained(reference_dir / folder)
-    x = torch.rand(1, 3, 17, 128, 256) * 2 - 1
-    full = model.encode(x).latent_dist.mean
-    model.enable_tiling(encode_frames=8, tile_size=64, tile_order=order)
-    tiled = model.encode(x).latent_dist.mean
-    model.disable_tiling()
-    error = (tiled - full).abs().mean(dim=(0, 1, 2))  # (h, w) latent map
+@pytest.mark.parametrize("levels", [1, 2])
+def test_halos_are_as_wide_as_the_tiled_levels_reach(reference_dir, levels, monkeypatch):
+    """One alignment step less halo (tiling.encoder_halo / decoder_halo) and the tiles'
+    own regions are no longer exact: the halos are not wider than they need to be."""
+    from cvvae.inference import streaming, tiling
+
+    model = list(_models(reference_dir))[-1]  # two ResNet blocks per level
+    monkeypatch.setattr(streaming, "encoder_halo", lambda *a: tiling.encoder_halo(*a) - 2**levels)
+    monkeypatch.setattr(streaming, "decoder_halo", lambda *a: tiling.decoder_halo(*a) - 1)
+    x = torch.rand(1, 3, 9, 96, 224) * 2 - 1
+    full = model.encoder.trunk(x)
+    tiled = run_parts(encoder_parts(model.encoder, 96, 224, 64, levels), split_encoder_input(x, 4), "two_pass",
+                      full.shape[2], 2, frozen=clip_statistics(model.encoder.trunk, x))
+    assert (tiled - full).abs().max() > 1e-3
+    h = model.decoder.head(torch.randn(1, model.config.latent_channels, 3, 12, 28))
+    full = model.decoder.trunk(h)
+    tiled = run_parts(decoder_parts(model.decoder, 96, 224, 64, levels), split_time(h, 1), "two_pass",
+                      full.shape[2], 1, frozen=clip_statistics(model.decoder.trunk, h))
+    assert (tiled - full).abs().max() > 1e-4
+
+
+def _seams(error: torch.Tensor, every: int) -> torch.Tensor:
+    """Mask of the two-pixel bands around tile borders every ``every`` pixels of an ``(h, w)`` map."""
     seams = torch.zeros_like(error, dtype=torch.bool)
-    seams[7:9, :] = True  # tile borders every 64 px = 8 latent px: one row border ...
-    for edge in (8, 16, 24):  # ... and three column borders
-        seams[:, edge - 1 : edge + 1] = True
-    assert error.max() > 0  # the statistics are estimated, not exact
-    assert error[seams].mean() <= 1.1 * error[~seams].mean()
+    for axis in (0, 1):
+        for edge in range(every, error.shape[axis], every):
+            seams.narrow(axis, edge - 1, 2).fill_(True)
+    return seams
 
 
 @torch.no_grad()
-def test_lockstep_tile_statistics_are_closer_to_the_clip_statistics(reference_dir):
-    """Two tiles that differ (flat dark left, bright noise right): one after the other, the first
-    tile is normalised with its own statistics only and biases the pooled ones; advancing in
-    lockstep, both are normalised with statistics of the whole frame after the first chunk."""
-    model = CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny")
+@pytest.mark.parametrize("folder,levels,stats", [("cvvae_sd21_tiny", 2, "two_pass"), ("cvvae_sd3_tiny", 2, "two_pass"),
+                                                 ("cvvae_sd21_tiny", 1, "running"), ("cvvae_sd3_tiny", 2, "running")])
+def test_tile_borders_are_no_worse_than_tile_interiors(reference_dir, folder, levels, stats):
+    """With estimated statistics the error against the full pass comes from the statistics: along
+    the tile borders it is no larger, relative to the tile interiors, than the untiled chunked
+    pass's error at the same places (the error is not spatially uniform), in the latents and in
+    the decoded video. (With an encoder halo 4 px too narrow, sd21_tiny's latent borders go from
+    1.10x to 1.30x the interiors' error, against 1.10x untiled.)"""
+    model = CVVAE.from_pretrained(reference_dir / folder)
     torch.manual_seed(0)
-    x = torch.rand(1, 3, 17, 64, 128) * 2 - 1
-    x[..., :64] = x[..., :64] * 0.1 - 0.8
-    h = model.decoder.head(torch.cat([torch.randn(1, 4, 5, 8, 8) * 0.1, torch.randn(1, 4, 5, 8, 8) * 2], dim=-1))
-    cases = [
-        (model.encoder.trunk, x, functools.partial(split_encoder_input, chunk_frames=4), 5, 2,
-         tile_grid(64, 128, 64, encoder_halo(1), align=8)),
-        (model.decoder.trunk, h, functools.partial(split_time, chunk_frames=1), 17, 1,
-         tile_grid(8, 16, 8, decoder_halo(1), align=1)),
-    ]
-    for trunk, clip, split, out_frames, per_call, tiles in cases:
-        assert len(tiles) == 2
-        exact = clip_statistics(trunk, clip)
-
-        def worst_variance_error(stats, exact=exact):
-            return max(((stats[norm][1] - var).abs() / var).max().item() for norm, (_, var) in exact.items())
-
-        errors = {order: worst_variance_error(tile_statistics(trunk, clip, split, out_frames, per_call, tiles, order))
-                  for order in ("sequential", "lockstep")}
-        assert errors["lockstep"] < 0.5 * errors["sequential"], errors
+    x = torch.rand(1, 3, 17, 128, 256) * 2 - 1
+    full = model.encode(x).latent_dist.mean
+    full_video = model.decode(full).sample
+    border_ratio = {}
+    for tile in (None, 64):
+        model.enable_tiling(encode_frames=8, decode_latents=1, encode_stats=stats, decode_stats=stats,
+                            tile_size=tile, tile_levels=levels)
+        latent_error = (model.encode(x).latent_dist.mean - full).abs().mean(dim=(0, 1, 2))  # (h, w) map
+        video_error = (model.decode(full).sample - full_video).abs().mean(dim=(0, 1, 2))
+        assert latent_error.max() > 0 and video_error.max() > 0  # the statistics are estimated
+        border_ratio[tile] = [error[_seams(error, every)].mean() / error[~_seams(error, every)].mean()
+                              for error, every in ((latent_error, 8), (video_error, 64))]  # 64-px tiles
+    model.disable_tiling()
+    for tiled, untiled in zip(border_ratio[64], border_ratio[None], strict=True):
+        assert tiled <= 1.05 * untiled, border_ratio
 
 
-def test_tile_order_is_checked():
+@torch.no_grad()
+def test_tiles_count_statistics_over_their_own_regions(reference_dir):
+    """Each tile counts only its own region, so a tiled pass pools as many values per norm as
+    the whole frame; the first norm sees the input conv's output, which no statistics touch,
+    so its clip moments are exact."""
+    from cvvae.inference.streaming import _chunked_pass
+
+    model = CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny")
+    x = torch.rand(1, 3, 9, 96, 160) * 2 - 1
+    exact = clip_statistics(model.encoder.trunk, x)
+    for levels in (1, 2):
+        calls, totals = _chunked_pass(encoder_parts(model.encoder, 96, 160, 48, levels), split_encoder_input(x, 4),
+                                      3, "running", 2)
+        for _ in calls:
+            pass
+        untiled_calls, untiled = _chunked_pass(encoder_parts(model.encoder, 96, 160, None, 1), split_encoder_input(x, 4),
+                                               3, "running", 2)
+        for _ in untiled_calls:
+            pass
+        assert {norm: m.count for norm, m in totals.items()} == {norm: m.count for norm, m in untiled.items()}
+        first = model.encoder.down[0].block[0].norm1
+        torch.testing.assert_close(totals[first].mean, exact[first][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(totals[first].var, exact[first][1], rtol=1e-5, atol=1e-6)
+
+
+def test_own_part_crops_the_own_region_at_any_scale():
+    tile = Tile((slice(16, 32), slice(0, 24)), (slice(8, 40), slice(0, 32)))
+    for scale in (1, 2, 4):
+        rows = torch.arange(32 * scale).view(-1, 1).expand(-1, 32 * scale)
+        cols = torch.arange(32 * scale).view(1, -1).expand(32 * scale, -1)
+        own = tile.own_part(torch.stack([rows, cols]))
+        assert own[0, :, 0].tolist() == list(range(8 * scale, 24 * scale))
+        assert own[1, 0, :].tolist() == list(range(0, 24 * scale))
+
+
+def test_tile_levels_are_checked():
     from cvvae.inference.planner import ChunkPlan
 
-    with pytest.raises(ValueError, match="tile_order"):
-        ChunkPlan(tile_size=128, tile_order="random")
+    with pytest.raises(ValueError, match="tile_levels"):
+        ChunkPlan(tile_size=128, tile_levels=0)
 
 
 def test_memory_budget_tiles_the_frame_when_a_chunk_does_not_fit():
     from cvvae.inference.planner import describe_plan, plan_for_budget
 
-    plan = plan_for_budget(2 * 2**30, 33, 720, 1280, 128, 512, 4, "decode", 2)
+    plan = plan_for_budget(8 * 2**30, 33, 720, 1280, 128, 512, 4, "decode")
     assert plan.tile_size is not None and 64 <= plan.tile_size < 720
     assert f"spatial tiles of {plan.tile_size} px" in describe_plan(plan, "decode")
-    assert plan_for_budget(64 * 2**30, 33, 720, 1280, 128, 512, 4, "decode", 2).tile_size is None
-
-
-@torch.no_grad()
-def test_tile_statistics_study_counts_own_regions_exactly(reference_dir):
-    """benchmarks/tile_statistics.py: tiles with full halos, counting only their own regions,
-    see exactly the full pass's activations, so under the clip's statistics they pool to them;
-    the study's ``exact`` alternative is the clip's statistics."""
-    from cvvae.inference.streaming import StreamState, chunk_calls, drain
-
-    study = load_benchmark("tile_statistics")
-    model = CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny")
-    x = torch.rand(1, 3, 9, 96, 160) * 2 - 1
-    exact = clip_statistics(model.encoder.trunk, x)
-    trunk = study.Trunk(model.encoder.trunk, x, functools.partial(split_encoder_input, chunk_frames=4), 3, 2,
-                        64, encoder_halo(1), 8, (1, 8))
-    totals: dict = {}
-    drain([chunk_calls(trunk.trunk, trunk.split(x[..., tile.padded[0], tile.padded[1]]),
-                       study.OwnRegionState(tile, "frozen", frozen_stats=exact, max_latents=2, totals=totals), 3)
-           for tile in trunk.halo_tiles(1.0)], "sequential")
-    pooled = StreamState("running", totals=totals).clip_stats()
-    one_call = study.ALTERNATIVES["exact"](trunk)  # the study's lower bound: the clip's statistics
-    for estimate in (pooled, one_call):
-        assert estimate.keys() == exact.keys()
-        for norm, (mean, var) in exact.items():
-            torch.testing.assert_close(estimate[norm][0], mean, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(estimate[norm][1], var, rtol=1e-4, atol=1e-5)
+    assert plan_for_budget(64 * 2**30, 33, 720, 1280, 128, 512, 4, "decode").tile_size is None
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("folder", ["cvvae_sd21_tiny", "cvvae_sd3_tiny"])
-def test_memory_budget_is_kept_counted_on_meta(reference_dir, folder, monkeypatch):
+def test_memory_budget_is_kept_counted_on_meta(reference_dir, folder, monkeypatch, caplog):
     """The plan a budget picks peaks within it, for both directions (counted on the meta device,
     where the model allocates shapes only, with attention counted as the fused kernels
-    allocate it); the full pass needs two to three times this budget."""
+    allocate it); the full pass needs more (twice, to decode). A budget below what tiles need
+    is not kept, and says so."""
     import torch.nn.functional as F
 
     from cvvae.inference.memory import PeakMemory
@@ -173,10 +196,17 @@ def test_memory_budget_is_kept_counted_on_meta(reference_dir, folder, monkeypatc
     model = torch.nn.Module.to(CVVAE.from_pretrained(reference_dir / folder), "meta", torch.bfloat16).eval()
     x = torch.empty(1, 3, 9, 360, 640, device="meta", dtype=torch.bfloat16)
     z = torch.empty(1, model.config.latent_channels, 3, 45, 80, device="meta", dtype=torch.bfloat16)
-    gib = 0.3
+    gib = 0.45
     model.set_memory_budget(gib)
-    for run in (lambda: model.encode(x), lambda: model.decode(z)):
-        with PeakMemory() as meter:
-            run()
-        assert 0 < meter.peak_bytes <= gib * 2**30, (gib, meter.peak_bytes / 2**30)
+    with caplog.at_level(logging.INFO, logger="cvvae"):
+        for run in (lambda: model.encode(x), lambda: model.decode(z)):
+            with PeakMemory() as meter:
+                run()
+            assert 0 < meter.peak_bytes <= gib * 2**30, (gib, meter.peak_bytes / 2**30)
+    assert "decode: 1 latent frames per chunk, running statistics, spatial tiles" in caplog.text
+    assert "below what tiles need" not in caplog.text
+    model.set_memory_budget(0.2)
+    with caplog.at_level(logging.WARNING, logger="cvvae"):
+        model.decode(z)
+    assert "memory budget 0.20 GiB is below what tiles need to decode" in caplog.text
     model.disable_tiling()

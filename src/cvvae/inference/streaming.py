@@ -13,25 +13,45 @@ how they are obtained:
 - ``"running"``: one pass, each chunk normalised with the statistics of all frames seen so far.
 - ``"chunk"``: one pass, each chunk normalised with its own statistics (as the released code's
   windows do).
+
+Frames too large for memory are also cut into spatial tiles, but only at the high-resolution
+levels, which hold most of the memory and little of the spatial reach: each call runs those
+levels tile by tile (each tile with a halo as wide as their reach and its own caches) and the
+low-resolution levels on whole frames (:class:`Stage`, :func:`encoder_parts`,
+:func:`decoder_parts`). Tiles count statistics over their own regions only, so what they pool
+is the whole frame's; within a call, a tile is normalised with what has been pooled up to it.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..models.layers import PaddedConv3d, VideoGroupNorm
-from .tiling import Tile, decoder_halo, encoder_halo, tile_grid
+from .tiling import Tile, decoder_halo, encoder_halo, tile_grid, tiled_scale
 
 STATS_MODES = ("two_pass", "running", "chunk")
-TILE_ORDERS = ("sequential", "lockstep")
+
+
+class _Window(NamedTuple):
+    """The frames a temporal conv reads in one call: ``frames`` (cache, new frames, padding),
+    ``n`` outputs, ``lead`` / ``tail`` padding frames at its ends, and ``offset``, where the
+    call's new frames start in it."""
+
+    frames: torch.Tensor
+    n: int
+    lead: int
+    tail: int
+    offset: int
 
 
 class StreamState:
-    """Per-pass state of chunked execution: conv caches, skip delays, GroupNorm statistics.
+    """Per-pass state of chunked execution: conv caches, GroupNorm statistics.
 
     ``stats_mode``: ``"running"``, ``"chunk"`` or ``"frozen"`` (use ``frozen_stats``).
     Call :meth:`begin_call` before each call of the network, with ``final`` from the last
@@ -39,7 +59,8 @@ class StreamState:
     ``max_latents`` caps what one convolution emits per call to that many latent frames' worth;
     the rest waits for the next call (at the end of the clip, calls
     with no new frames drain it), so the frames that the non-causal decoder holds back never
-    all flow at once.
+    all flow at once. ``totals`` (clip moments per norm) may be shared by several states;
+    ``region`` picks the part of an activation whose moments count (a tile's own region).
     """
 
     def __init__(
@@ -48,13 +69,17 @@ class StreamState:
         frozen_stats: dict | None = None,
         max_latents: int | None = None,
         totals: dict | None = None,
+        region: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.stats_mode = stats_mode
+        self.region = region
         self.frozen_stats = frozen_stats or {}
         self.max_latents = max_latents
         self.totals: dict[nn.Module, _Moments] = {} if totals is None else totals  # may be shared
         self._upstream_done = False
         self._pending: dict[nn.Module, torch.Tensor] = {}
+        self._padding: dict[nn.Module, tuple[int, int]] = {}  # padding frames at the cache's ends
+        self._latest: dict[nn.Module, _Moments] = {}  # each norm's moments in its latest call
         self._started: set[nn.Module] = set()
         self._ended: set[nn.Module] = set()
 
@@ -62,13 +87,49 @@ class StreamState:
         """Start one call of the network; ``final``: no new input frames will follow."""
         self._upstream_done = final
 
+    @property
+    def upstream_done(self) -> bool:
+        """After a call: whether it flushed everything (its output is the last)."""
+        return self._upstream_done
+
     # -- temporal convolutions -----------------------------------------------------------
-    def conv(self, conv: PaddedConv3d, x: torch.Tensor) -> torch.Tensor:
-        """Run ``conv`` on the frames now available; keep the unconsumed ones for later."""
+    def conv(self, conv: PaddedConv3d, x: torch.Tensor,
+             prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Run ``conv`` on the frames now available; keep the unconsumed ones for later.
+
+        ``prepare``, a per-frame map (the upsampler's nearest 2x), is applied to the frames the
+        conv reads, so the cache holds them before it (four times smaller).
+        """
+        w = self._window(conv, x)
+        return self._run_window(conv, w.frames if prepare is None else prepare(w.frames), w.n)
+
+    def block_conv(self, conv: PaddedConv3d, norm: VideoGroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A ResNet block's ``conv(silu(norm(x)))`` on the frames now available, and the frames of
+        ``x`` its outputs line up with (the skip). The cache holds ``x`` itself, normalised anew
+        on each call, so the skip needs no cache of its own."""
+        if x.shape[2] and self.stats_mode != "frozen":
+            self._count(norm, x)
+        frames, n, lead, tail, offset = self._window(conv, x)
+        first = conv.pad_spec.time[0] - offset  # in x: the frame each output is centred on (or ends at)
+        if 0 <= first and first + n <= x.shape[2]:
+            skip = x[:, :, first : first + n]  # a view of what the caller holds anyway
+        else:
+            skip = frames[:, :, first + offset : first + offset + n]  # a view: keeps this call's window
+        if n:
+            frames = F.silu(self._normalise(norm, frames), inplace=True)
+            if conv.pad_spec.time_mode == "zeros":  # padding frames are zeros after the norm, not before
+                frames[:, :, :lead] = 0
+                frames[:, :, frames.shape[2] - tail :] = 0
+        return self._run_window(conv, frames, n), skip
+
+    def _window(self, conv: PaddedConv3d, x: torch.Tensor) -> _Window:
+        """What ``conv`` reads in this call (:class:`_Window`); the frames after those consumed
+        become its cache."""
         if conv not in self._pending and x.shape[2] == 0:
             self._upstream_done = False
-            return self._empty_output(conv, x)
-        x = self._with_cache_and_padding(conv, x)
+            return _Window(x, 0, 0, 0, 0)
+        offset = self._pending[conv].shape[2] if conv in self._pending else conv.pad_spec.time[0]
+        x, lead, tail = self._with_cache_and_padding(conv, x)
         k, s = conv.kernel_size[0], conv.stride[0]
         available = (x.shape[2] - k) // s + 1 if x.shape[2] >= k else 0
         n = available
@@ -76,26 +137,36 @@ class StreamState:
             n = min(n, self.max_latents * conv.frames_per_latent)
         if n < available:  # held back: what follows this conv has not received everything
             self._upstream_done = False
+        kept = x.shape[2] - n * s
         self._pending[conv] = x[:, :, n * s:].clone()  # a copy: a view would pin the whole chunk
-        if n == 0:
-            return self._empty_output(conv, x)
-        return conv.conv_valid_time(x[:, :, : (n - 1) * s + k])
+        self._padding[conv] = (max(0, lead - n * s), min(tail, kept))
+        read = (n - 1) * s + k if n else 0
+        return _Window(x[:, :, :read], n, min(lead, read), max(0, read - (x.shape[2] - tail)), offset)
 
-    def _with_cache_and_padding(self, conv: PaddedConv3d, x: torch.Tensor) -> torch.Tensor:
+    def _run_window(self, conv: PaddedConv3d, window: torch.Tensor, n: int) -> torch.Tensor:
+        if n == 0:
+            return self._empty_output(conv, window)
+        return conv.conv_valid_time(window)
+
+    def _with_cache_and_padding(self, conv: PaddedConv3d, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         """``x`` after ``conv``'s cached frames (or its start padding, on the first call) and, once
-        upstream is done, its end padding: one copy. Nothing here outlives the call, so the old
-        cache is freed as soon as the caller replaces it."""
+        upstream is done, its end padding: one copy, and how many frames of it are start / end
+        padding. Nothing here outlives the call, so the old cache is freed as soon as the caller
+        replaces it."""
         before, after = conv.pad_spec.time
         if conv in self._pending:
             parts = [self._pending[conv], x]
+            lead, tail = self._padding[conv]
         else:
             parts = [conv.time_pad_frames(x[:, :, :1], before), x]
+            lead, tail = before, 0
         if self._upstream_done and conv not in self._ended:
             edge = x if x.shape[2] else parts[0]
             parts.append(conv.time_pad_frames(edge[:, :, -1:], after))
+            tail += after
             self._ended.add(conv)
         parts = [part for part in parts if part.shape[2]]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)), lead, tail
 
     @staticmethod
     def _empty_output(conv: PaddedConv3d, x: torch.Tensor) -> torch.Tensor:
@@ -103,13 +174,6 @@ class StreamState:
         h = (x.shape[3] + top + bottom - conv.kernel_size[1]) // conv.stride[1] + 1
         w = (x.shape[4] + left + right - conv.kernel_size[2]) // conv.stride[2] + 1
         return x.new_empty(x.shape[0], conv.out_channels, 0, h, w)
-
-    def delay(self, owner: nn.Module, x: torch.Tensor, frames: int) -> torch.Tensor:
-        """The next ``frames`` frames of the stream ``x`` feeds for ``owner`` (a FIFO)."""
-        if owner in self._pending:
-            x = torch.cat([self._pending[owner], x], dim=2)
-        self._pending[owner] = x[:, :, frames:].clone()
-        return x[:, :, :frames]
 
     def is_first_output(self, owner: nn.Module, x: torch.Tensor) -> bool:
         """True exactly once per ``owner``: on its first non-empty output."""
@@ -123,26 +187,30 @@ class StreamState:
         """Normalise ``x`` with statistics chosen by ``stats_mode``; accumulate clip totals."""
         if x.shape[2] == 0:
             return x
-        return self._normalise(norm, x, self._count(norm, x))
+        if self.stats_mode != "frozen":
+            self._count(norm, x)
+        return self._normalise(norm, x)
 
-    def _count(self, norm: VideoGroupNorm, x: torch.Tensor) -> _Moments:
-        """The moments of ``x`` per group, added to the clip totals."""
+    def _count(self, norm: VideoGroupNorm, x: torch.Tensor) -> None:
+        """Add the moments of ``x`` (of its ``region``) per group to the clip totals."""
+        if self.region is not None:
+            x = self.region(x)
         b, c = x.shape[:2]
         g = norm.num_groups
         var, mean = torch.var_mean(x.reshape(b, g, -1), dim=-1, correction=0)
         chunk = _Moments(x[0, 0].numel() * (c // g), mean.double(), var.double())
         total = self.totals.get(norm)
         self.totals[norm] = chunk if total is None else total.merge(chunk)
-        return chunk
+        self._latest[norm] = chunk
 
-    def _normalise(self, norm: VideoGroupNorm, x: torch.Tensor, chunk: _Moments) -> torch.Tensor:
-        """``x`` normalised by ``stats_mode``'s statistics (``chunk``: this call's moments)."""
+    def _normalise(self, norm: VideoGroupNorm, x: torch.Tensor) -> torch.Tensor:
+        """``x`` normalised by ``stats_mode``'s statistics (``"chunk"``: the latest call's)."""
         b, c = x.shape[:2]
         g = norm.num_groups
         if self.stats_mode == "frozen":
             mean, var = self.frozen_stats[norm]
         else:
-            use = chunk if self.stats_mode == "chunk" else self.totals[norm]
+            use = self._latest[norm] if self.stats_mode == "chunk" else self.totals[norm]
             mean, var = use.mean, use.var
         rstd = torch.rsqrt(var + norm.eps)
         scale = norm.weight.double().view(1, g, c // g) * rstd.unsqueeze(-1)
@@ -173,16 +241,17 @@ class _Moments:
         return _Moments(n, mean, m2 / n)
 
 
-def chunk_calls(trunk: Callable, chunks: list[torch.Tensor], state: StreamState, out_frames: int) -> Iterator[torch.Tensor]:
-    """Feed ``chunks`` to ``trunk`` in order, then empty chunks until ``out_frames`` output frames
-    are out, yielding each call's output (possibly no frames)."""
+def chunk_calls(step: Callable[[torch.Tensor, bool], torch.Tensor], chunks: list[torch.Tensor],
+                out_frames: int) -> Iterator[torch.Tensor]:
+    """Feed ``chunks`` in order to ``step(chunk, final)`` (one call of the network; ``final``:
+    no new frames follow), then empty chunks until ``out_frames`` output frames are out, yielding
+    each call's output (possibly no frames)."""
     filled, calls = 0, 0
     empty = chunks[-1][:, :, :0]
     while filled < out_frames:
         if calls >= len(chunks) + 4 * out_frames:
             raise RuntimeError(f"chunked pass stalled at {filled} of {out_frames} frames")
-        state.begin_call(final=calls >= len(chunks) - 1)
-        y = trunk(chunks[calls] if calls < len(chunks) else empty, state)
+        y = step(chunks[calls] if calls < len(chunks) else empty, calls >= len(chunks) - 1)
         calls += 1
         filled += y.shape[2]
         yield y
@@ -190,11 +259,66 @@ def chunk_calls(trunk: Callable, chunks: list[torch.Tensor], state: StreamState,
         raise RuntimeError(f"chunked pass produced {filled} frames, expected {out_frames}")
 
 
-def _run_chunks(trunk: Callable, chunks: list[torch.Tensor], state: StreamState, out_frames: int) -> torch.Tensor:
-    """All of :func:`chunk_calls`, written into one preallocated clip (statistics-only passes
-    :func:`drain` the calls instead)."""
+class Stage:
+    """One part of a trunk in a chunked pass, on whole frames (``tiles=None``) or tile by tile.
+
+    ``part(x, state)`` is the part (a trunk restricted to some levels). With tiles, each call
+    runs every tile's padded region of the chunk with the tile's own :class:`StreamState` (its
+    caches) and writes the tile's own region into the output; ``scale = (num, den)`` maps input
+    to output pixels. GroupNorm statistics count only own regions, so tiles pool exactly the
+    whole frame's. ``new_state(tile)`` makes a state (``tile=None`` for whole frames).
+    """
+
+    def __init__(self, part: Callable, tiles: list[Tile] | None, scale: tuple[int, int],
+                 new_state: Callable[[Tile | None], StreamState]):
+        self.part, self.tiles, self.scale = part, tiles, scale
+        self.states = [new_state(tile) for tile in tiles] if tiles else [new_state(None)]
+
+    def __call__(self, x: torch.Tensor, final: bool) -> tuple[torch.Tensor, bool]:
+        """The part's output for chunk ``x`` and whether it is final (everything flushed)."""
+        if self.tiles is None:
+            state = self.states[0]
+            state.begin_call(final)
+            return self.part(x, state), state.upstream_done
+        num, den = self.scale
+        out, done = None, True
+        for tile, state in zip(self.tiles, self.states, strict=True):
+            state.begin_call(final)
+            y = self.part(x[..., tile.padded[0], tile.padded[1]], state)
+            done = done and state.upstream_done
+            if out is None:
+                out = y.new_empty(*y.shape[:3], x.shape[3] * num // den, x.shape[4] * num // den)
+            rows, cols = (tile.crop(axis, num, den) for axis in (0, 1))
+            out[..., tile.own[0].start * num // den : tile.own[0].stop * num // den,
+                tile.own[1].start * num // den : tile.own[1].stop * num // den] = y[..., rows, cols]
+        return out, done
+
+
+Part = tuple[Callable, list[Tile] | None, tuple[int, int]]  # (part, tiles or None, scale): a Stage
+
+
+def _chunked_pass(parts: list[Part], chunks: list[torch.Tensor], out_frames: int, stats_mode: str,
+                  max_latents: int, frozen: dict | None = None) -> tuple[Iterator[torch.Tensor], dict]:
+    """The calls of one chunked pass through ``parts`` in order, and the clip totals it fills."""
+    totals: dict = {}
+
+    def new_state(tile: Tile | None) -> StreamState:
+        return StreamState(stats_mode, frozen, max_latents, totals, tile.own_part if tile else None)
+
+    stages = [Stage(part, tiles, scale, new_state) for part, tiles, scale in parts]
+
+    def step(chunk: torch.Tensor, final: bool) -> torch.Tensor:
+        for stage in stages:
+            chunk, final = stage(chunk, final)
+        return chunk
+
+    return chunk_calls(step, chunks, out_frames), totals
+
+
+def _collect(calls: Iterator[torch.Tensor], out_frames: int) -> torch.Tensor:
+    """All of a pass's calls written into one preallocated clip of ``out_frames`` frames."""
     out, filled = None, 0
-    for y in chunk_calls(trunk, chunks, state, out_frames):
+    for y in calls:
         if out is None:
             out = y.new_empty(*y.shape[:2], out_frames, *y.shape[3:])
         out[:, :, filled : filled + y.shape[2]] = y
@@ -202,98 +326,22 @@ def _run_chunks(trunk: Callable, chunks: list[torch.Tensor], state: StreamState,
     return out
 
 
-def run_trunk(
-    trunk: Callable,
-    chunks: list[torch.Tensor],
-    stats: str,
-    out_frames: int,
-    max_latents: int,
-) -> torch.Tensor:
-    """Run ``trunk(chunk, state)`` over consecutive time chunks of one clip; the output clip
-    has ``out_frames`` frames; ``max_latents`` caps each conv's output per call."""
+def run_parts(parts: list[Part], chunks: list[torch.Tensor], stats: str, out_frames: int,
+              max_latents: int, frozen: dict | None = None) -> torch.Tensor:
+    """Run a trunk, cut into ``parts`` (each on whole frames or tiles, see :class:`Stage`), over
+    consecutive time chunks of one clip; the output has ``out_frames`` frames; ``max_latents``
+    caps each conv's output per call. ``stats`` is the statistics mode (module docstring);
+    ``frozen`` statistics, when given, are used instead."""
     if stats not in STATS_MODES:
         raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
-    if stats != "two_pass":
-        return _run_chunks(trunk, chunks, StreamState(stats, max_latents=max_latents), out_frames)
-    first = StreamState("running", max_latents=max_latents)
-    drain([chunk_calls(trunk, chunks, first, out_frames)], "sequential")
-    frozen = StreamState("frozen", first.clip_stats(), max_latents)
-    return _run_chunks(trunk, chunks, frozen, out_frames)
-
-
-def tile_statistics(
-    trunk: Callable,
-    x: torch.Tensor,
-    split: Callable[[torch.Tensor], list[torch.Tensor]],
-    out_frames: int,
-    max_latents: int,
-    tiles: list[Tile],
-    order: str = "sequential",
-) -> dict:
-    """Clip statistics estimated over the tiles' own regions (no halos), pooled across tiles,
-    each call normalised with what has been pooled so far.
-
-    ``order``: ``"sequential"`` runs one tile after the other (holds one tile's conv caches);
-    ``"lockstep"`` advances every tile one time chunk at a time, so that after the first chunk
-    every tile is normalised with statistics of the whole frame, not mostly its own (closer to
-    the full pass, but holds every tile's caches at once; docs/performance.md).
-    """
-    if order not in TILE_ORDERS:
-        raise ValueError(f"tile statistics order must be one of {TILE_ORDERS}, got {order!r}")
-    totals: dict = {}
-    passes = [
-        chunk_calls(trunk, split(x[..., t.own[0], t.own[1]]),
-                    StreamState("running", max_latents=max_latents, totals=totals), out_frames)
-        for t in tiles
-    ]
-    drain(passes, order)
-    return _as_stats(totals)
-
-
-def drain(passes: list[Iterator], order: str) -> None:
-    """Run chunked passes (:func:`chunk_calls`) to their ends: ``"sequential"``, one after the
-    other, or ``"lockstep"``, one call of each in turn."""
-    if order == "lockstep":
-        while passes:
-            passes = [p for p in passes if next(p, None) is not None]
-    else:
-        for p in passes:
-            for _ in p:
-                pass
-
-
-def run_trunk_tiled(
-    trunk: Callable,
-    x: torch.Tensor,
-    split: Callable[[torch.Tensor], list[torch.Tensor]],
-    out_frames: int,
-    max_latents: int,
-    tiles: list[Tile],
-    scale: tuple[int, int],
-    frozen: dict | None = None,
-    order: str = "sequential",
-) -> torch.Tensor:
-    """Like :func:`run_trunk` with ``"two_pass"`` statistics, over spatial tiles of ``x`` too.
-
-    The first pass estimates the statistics over the tiles (:func:`tile_statistics`, in
-    ``order``); the second runs each tile with its halo under them, frozen, and keeps its own
-    region, so tiles agree on normalisation and meet without seams. ``split`` cuts a tile's
-    clip into time chunks; ``scale = (num, den)`` maps input to output pixels; ``frozen``
-    statistics, when given, replace the first pass.
-    """
-    num, den = scale
-    if frozen is None:
-        frozen = tile_statistics(trunk, x, split, out_frames, max_latents, tiles, order)
-    out = None
-    for tile in tiles:
-        state = StreamState("frozen", frozen, max_latents)
-        y = _run_chunks(trunk, split(x[..., tile.padded[0], tile.padded[1]]), state, out_frames)
-        if out is None:
-            out = y.new_empty(*y.shape[:3], x.shape[3] * num // den, x.shape[4] * num // den)
-        rows, cols = (tile.crop(axis, num, den) for axis in (0, 1))
-        out[..., tile.own[0].start * num // den : tile.own[0].stop * num // den,
-            tile.own[1].start * num // den : tile.own[1].stop * num // den] = y[..., rows, cols]
-    return out
+    if frozen is None and stats == "two_pass":
+        calls, totals = _chunked_pass(parts, chunks, out_frames, "running", max_latents)
+        for _ in calls:  # statistics only: each call's output is dropped at once
+            pass
+        frozen = _as_stats(totals)
+    mode = "frozen" if frozen is not None else stats
+    calls, _ = _chunked_pass(parts, chunks, out_frames, mode, max_latents, frozen)
+    return _collect(calls, out_frames)
 
 
 def split_encoder_input(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
@@ -310,44 +358,65 @@ def split_time(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
     return list(torch.split(x, max(1, chunk_frames), dim=2))
 
 
+def encoder_parts(encoder: nn.Module, height: int, width: int, tile: int | None, tile_levels: int) -> list[Part]:
+    """The encoder trunk as parts: whole frames, or (with ``tile`` pixels) its first
+    ``tile_levels`` levels by tiles with halos and the rest on whole frames."""
+    num_levels = len(encoder.down)
+    if tile is not None:
+        scale = tiled_scale(tile_levels, num_levels)
+        halo = encoder_halo(len(encoder.down[0].block), tile_levels, num_levels)
+        tiles = tile_grid(height, width, tile, halo, align=scale)
+        if len(tiles) > 1:
+            high, low = range(tile_levels), range(tile_levels, num_levels)
+            parts = [(functools.partial(encoder.trunk, levels=high), tiles, (1, scale))]
+            if low:
+                parts.append((functools.partial(encoder.trunk, levels=low), None, (1, 1)))
+            return parts
+    return [(encoder.trunk, None, (1, 1))]
+
+
+def decoder_parts(decoder: nn.Module, height: int, width: int, tile: int | None, tile_levels: int) -> list[Part]:
+    """The decoder trunk as parts for ``height x width`` output: whole frames, or (with
+    ``tile`` pixels) its first levels on whole frames and its last ``tile_levels`` (the finest)
+    by tiles with halos."""
+    num_levels = len(decoder.up)
+    if tile is not None:
+        scale = tiled_scale(tile_levels, num_levels)
+        halo = decoder_halo(len(decoder.up[0].block) - 1, tile_levels, num_levels)
+        tiles = tile_grid(height // scale, width // scale, max(1, tile // scale), halo, align=1)
+        if len(tiles) > 1:
+            high, low = range(tile_levels), range(tile_levels, num_levels)
+            parts = [(functools.partial(decoder.trunk, levels=high), tiles, (scale, 1))]
+            if low:
+                parts.insert(0, (functools.partial(decoder.trunk, levels=low), None, (1, 1)))
+            return parts
+    return [(decoder.trunk, None, (1, 1))]
+
+
 @torch.no_grad()
 def encode_moments(
     encoder: nn.Module, x: torch.Tensor, chunk_frames: int, stats: str, tile: int | None = None,
-    tile_order: str = "sequential",
+    tile_levels: int = 2,
 ) -> torch.Tensor:
     """Encoder moments of ``(B, 3, 1 + 4k, H, W)`` with the trunk run ``chunk_frames`` at a time
-    (and over ``tile``-pixel spatial tiles with halos, two-pass statistics gathered in
-    ``tile_order``, when given)."""
+    (its first ``tile_levels`` levels over ``tile``-pixel spatial tiles with halos, when given)."""
     latent_frames = 1 + (x.shape[2] - 1) // 4
     per_chunk = max(4, chunk_frames) // 4 + 1  # the first chunk's 1 + n frames pass in one call
-    if tile is not None:
-        tiles = tile_grid(x.shape[3], x.shape[4], tile, encoder_halo(len(encoder.down[0].block)), align=8)
-        if len(tiles) > 1:
-            split = functools.partial(split_encoder_input, chunk_frames=chunk_frames)
-            h = run_trunk_tiled(encoder.trunk, x, split, latent_frames, per_chunk, tiles, (1, 8),
-                                order=tile_order)
-            return encoder.head(h)
-    chunks = split_encoder_input(x, chunk_frames)
-    return encoder.head(run_trunk(encoder.trunk, chunks, stats, latent_frames, per_chunk))
+    parts = encoder_parts(encoder, x.shape[3], x.shape[4], tile, tile_levels)
+    h = run_parts(parts, split_encoder_input(x, chunk_frames), stats, latent_frames, per_chunk)
+    return encoder.head(h)
 
 
 @torch.no_grad()
 def decode_latents(
     decoder: nn.Module, z: torch.Tensor, chunk_latents: int, stats: str, tile: int | None = None,
-    tile_order: str = "sequential",
+    tile_levels: int = 2,
 ) -> torch.Tensor:
     """Decoded video of latents ``(B, C, t, h, w)``, the trunk run ``chunk_latents`` latent
-    frames at a time (and over ``tile``-pixel output tiles with halos, two-pass statistics
-    gathered in ``tile_order``, when given)."""
+    frames at a time (its last ``tile_levels`` levels over ``tile``-pixel output tiles with
+    halos, when given)."""
     frames = 1 + 4 * (z.shape[2] - 1)
     h = decoder.head(z)
-    if tile is not None:
-        halo = decoder_halo(len(decoder.up[0].block) - 1)
-        tiles = tile_grid(h.shape[3], h.shape[4], max(1, tile // 8), halo, align=1)
-        if len(tiles) > 1:
-            split = functools.partial(split_time, chunk_frames=chunk_latents)
-            return run_trunk_tiled(decoder.trunk, h, split, frames, chunk_latents, tiles, (8, 1),
-                                   order=tile_order)
-    return run_trunk(decoder.trunk, split_time(h, chunk_latents), stats, frames, chunk_latents)
-
-
+    size = 2 ** (len(decoder.up) - 1)
+    parts = decoder_parts(decoder, h.shape[3] * size, h.shape[4] * size, tile, tile_levels)
+    return run_parts(parts, split_time(h, chunk_latents), stats, frames, chunk_latents)

@@ -1,27 +1,41 @@
-"""Spatial tiles with halos for the full-resolution trunks.
+"""Spatial tiles with halos for the high-resolution levels of the trunks.
 
 Each tile owns a region of the frame and is computed from that region plus a halo of
-neighbouring pixels, as wide as the trunk's spatial reach, so that (with shared GroupNorm
+neighbouring pixels, as wide as the tiled levels' spatial reach, so that (with shared GroupNorm
 statistics) its own region comes out as in one pass over the whole frame.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-
-def encoder_halo(layers_per_block: int) -> int:
-    """Spatial reach of the encoder trunk in input pixels: 1 (conv_in) + 2 convs per ResNet
-    block at scales 1, 2, 4, 8 (30 per block) + the downsamplers, rounded up."""
-    return 30 * layers_per_block + 16
+import torch
 
 
-def decoder_halo(layers_per_block: int) -> int:
-    """Spatial reach of the decoder trunk in latent pixels: 2 convs per ResNet block
-    (``layers_per_block + 1`` per level) at scales 1, 1/2, 1/4, 1/8, plus the upsamplers and
-    the output conv, rounded up with one pixel to spare."""
-    return math.ceil(3.75 * (layers_per_block + 1) + 1) + 1
+def encoder_halo(layers_per_block: int, levels: int, num_levels: int) -> int:
+    """Spatial reach, in input pixels, of the encoder trunk's first ``levels`` levels: the input
+    conv, then at level ``i`` (``2**i`` input pixels per pixel) two convs per ResNet block and
+    the downsampler (every level but the last), each reaching one pixel."""
+    per_level = [2 * layers_per_block + (i + 1 < num_levels) for i in range(levels)]
+    return 1 + sum(n * 2**i for i, n in enumerate(per_level))
+
+
+def decoder_halo(layers_per_block: int, levels: int, num_levels: int) -> int:
+    """Spatial reach of the decoder trunk's last ``levels`` levels (the finest), in pixels of
+    their input: from the output conv back through each level's ResNet blocks (two convs each,
+    ``layers_per_block + 1`` blocks) and the conv and nearest 2x of the upsampler into it."""
+    reach = 1  # the output conv
+    for i in range(levels):
+        reach += 2 * (layers_per_block + 1)
+        if i + 1 < num_levels:  # upsampled from level i + 1: its conv, then halve (rounding up)
+            reach = -(-(reach + 1) // 2)
+    return reach
+
+
+def tiled_scale(levels: int, num_levels: int) -> int:
+    """Pixels of the full-resolution side per pixel of the low-resolution side of the first
+    ``levels`` encoder levels (the last ``levels`` decoder levels)."""
+    return 2 ** min(levels, num_levels - 1)
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,13 @@ class Tile:
 
     own: tuple[slice, slice]
     padded: tuple[slice, slice]
+
+    def own_part(self, x: torch.Tensor) -> torch.Tensor:
+        """The own region of ``x (..., h, w)``, an activation computed from the padded region at
+        any whole scale (``h`` pixels for the padded region's rows)."""
+        rows, cols = (self.crop(axis, x.shape[-2 + axis], self.padded[axis].stop - self.padded[axis].start)
+                      for axis in (0, 1))
+        return x[..., rows, cols]
 
     def crop(self, axis: int, num: int, den: int) -> slice:
         """Where ``own`` lies inside ``padded`` along ``axis``, in output pixels (x num / den)."""

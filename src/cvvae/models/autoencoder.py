@@ -23,7 +23,7 @@ from diffusers.utils import BaseOutput
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserInputError
-from ..inference.planner import ChunkPlan, describe_plan, plan_for_budget
+from ..inference.planner import ChunkPlan, describe_plan, plan_for_budget, tiled_peak
 from ..inference.precision import check_finite
 from ..inference.streaming import decode_latents, encode_moments
 from .checkpoint import LAYOUTS, config_from_released, from_layout, to_layout
@@ -165,7 +165,7 @@ class CVVAE(ModelMixin, ConfigMixin):
         encode_stats: str = "two_pass",
         decode_stats: str = "running",
         tile_size: int | None = None,
-        tile_order: str = "sequential",
+        tile_levels: int = 2,
     ) -> None:
         """Run the full-resolution parts in time chunks (expert settings; never saved).
 
@@ -173,13 +173,11 @@ class CVVAE(ModelMixin, ConfigMixin):
         latent frames per decoder chunk; ``*_stats`` is how clip-wide GroupNorm statistics are
         obtained (``"two_pass"``, ``"running"`` or ``"chunk"``, see
         :mod:`cvvae.inference.streaming`). Memory then grows with the chunk, not the clip.
-        ``tile_size`` (video pixels) also splits each frame into tiles with halos; tiles need the
-        statistics before they run, so they always use ``"two_pass"``, its first pass over the
-        tiles one after the other (``tile_order="sequential"``) or all advancing together
-        (``"lockstep"``: closer to the full pass, more memory; docs/performance.md).
+        ``tile_size`` (video pixels) also splits the frames of the ``tile_levels`` finest levels
+        (of 4) into tiles with halos; the coarser levels run on whole frames (docs/performance.md).
         """
         self._chunk_plan = ChunkPlan(encode_frames, decode_latents, encode_stats, decode_stats,
-                                     tile_size, tile_order)
+                                     tile_size, tile_levels)
         self._memory_budget = None
 
     def set_memory_budget(self, gib: float) -> None:
@@ -201,9 +199,14 @@ class CVVAE(ModelMixin, ConfigMixin):
             return self._chunk_plan
         channels = self.config.block_out_channels
         plan = plan_for_budget(self._memory_budget * 2**30, frames, height, width, channels[0],
-                               channels[-1], self.dtype.itemsize, direction, self.config.layers_per_block)
+                               channels[-1], self.dtype.itemsize, direction)
         logger.info("memory budget %.2f GiB, %d frames %dx%d -> %s", self._memory_budget, frames,
                     width, height, describe_plan(plan, direction))
+        floor = tiled_peak(frames, height, width, channels[0], channels[-1], self.dtype.itemsize, direction)
+        if plan.tile_size and floor > self._memory_budget * 2**30:
+            logger.warning("memory budget %.2f GiB is below what tiles need to %s %d frames %dx%d "
+                           "(about %.2f GiB, mostly the convolution caches of whole frames)",
+                           self._memory_budget, direction, frames, width, height, floor / 2**30)
         return plan
 
     # ----------------------------------------------------------------- encode / decode
@@ -219,7 +222,7 @@ class CVVAE(ModelMixin, ConfigMixin):
             moments = self.encoder(video)
         else:
             moments = encode_moments(self.encoder, video, plan.encode_frames, plan.encode_stats,
-                                     plan.tile_size, plan.tile_order)
+                                     plan.tile_size, plan.tile_levels)
         if not torch.is_grad_enabled():
             check_finite(moments, self.encoder, lambda: self.encoder(video), "encoder")
         posterior = DiagonalGaussian(moments.squeeze(2) if image else moments)
@@ -251,7 +254,7 @@ class CVVAE(ModelMixin, ConfigMixin):
             x = self.decoder(z)
         else:
             x = decode_latents(self.decoder, z, plan.decode_latents, plan.decode_stats, plan.tile_size,
-                               plan.tile_order)
+                               plan.tile_levels)
         if not torch.is_grad_enabled():
             check_finite(x, self.decoder, lambda: self.decoder(z), "decoder")
         x = x[:, :, :num_frames, :height, :width]

@@ -236,13 +236,14 @@ class ResnetBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x, stream)), stream)
+        if stream is None:
+            h, skip = self.conv1(F.silu(self.norm1(x))), x
+        else:  # chunked: the non-causal conv1 lags behind, the skip is lined up with it
+            h, skip = stream.block_conv(self.conv1, self.norm1, x)
         h = self.conv2(self.dropout(F.silu(self.norm2(h, stream))))
         if self.nin_shortcut is not None:
-            x = self.nin_shortcut(x) if x.shape[2] else _no_frames(x, self.nin_shortcut.out_channels)
-        if stream is not None:  # a non-causal conv1 lags behind: line the skip up with it
-            x = stream.delay(self, x, h.shape[2])
-        return x + h
+            skip = self.nin_shortcut(skip) if skip.shape[2] else _no_frames(skip, self.nin_shortcut.out_channels)
+        return skip + h
 
 
 class Downsample(nn.Module):
@@ -268,12 +269,17 @@ class Upsample(nn.Module):
             channels, channels * self.time_factor, 3, upsample_padding(padding_mode)
         )
 
-    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+    @staticmethod
+    def _double_size(x: torch.Tensor) -> torch.Tensor:
         if x.shape[2] == 0:
-            x = _no_frames(x, x.shape[1], scale=2)
-        else:
-            x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
-        x = self.conv(x, stream)
+            return _no_frames(x, x.shape[1], scale=2)
+        return F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
+
+    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        if stream is None:
+            x = self.conv(self._double_size(x))
+        else:  # the stream caches frames before the (per-frame) upsampling
+            x = stream.conv(self.conv, x, prepare=self._double_size)
         if self.time_factor == 1:
             return x
         b, c2, t, h, w = x.shape

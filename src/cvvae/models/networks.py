@@ -99,12 +99,21 @@ class Encoder(nn.Module):
                 rate //= 2 if encoder_level_halves_time(level, num_levels) else 1
                 stage.downsample.conv.frames_per_latent = rate
 
-    def trunk(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+    def trunk(self, x: torch.Tensor, stream: StreamState | None = None, levels: range | None = None) -> torch.Tensor:
         """Full-resolution part: ``(B, 3, T, H, W) -> (B, C_top, t, H/8, W/8)``; local in time
-        and space (all but its GroupNorm statistics), so it can run in chunks."""
+        and space (all but its GroupNorm statistics), so it can run in chunks and tiles.
+
+        ``levels`` (default all) runs only those resolution levels, in order: level ``i``
+        is its ResNet blocks at ``1 / 2**i`` of the input size and its downsampler (level 0
+        starts with the input conv), so ``trunk(trunk(x, levels=range(0, s)), levels=range(s, L))``
+        is the whole trunk.
+        """
         use_ckpt = self.gradient_checkpointing and torch.is_grad_enabled() and stream is None
-        x = self.conv_in(x, stream)
-        for stage in self.down:
+        levels = range(len(self.down)) if levels is None else levels
+        if 0 in levels:
+            x = self.conv_in(x, stream)
+        for level in levels:
+            stage = self.down[level]
             for block in stage.block:
                 x = _run(block, x, use_ckpt) if stream is None else block(x, stream)
             if hasattr(stage, "downsample"):
@@ -164,15 +173,24 @@ class Decoder(nn.Module):
         use_ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
         return _run(self.mid, self.conv_in(z), use_ckpt)
 
-    def trunk(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
-        """Upsampling part to pixels, local in time and space, so it can run in chunks."""
+    def trunk(self, x: torch.Tensor, stream: StreamState | None = None, levels: range | None = None) -> torch.Tensor:
+        """Upsampling part to pixels, local in time and space, so it can run in chunks and tiles.
+
+        ``levels`` (default all) runs only those resolution levels, coarsest first: level ``i``
+        is the upsampler into it from level ``i + 1`` (if any) and its ResNet blocks at
+        ``1 / 2**i`` of the output size (level 0 ends with the output conv), so
+        ``trunk(trunk(h, levels=range(s, L)), levels=range(0, s))`` is the whole trunk.
+        """
         use_ckpt = self.gradient_checkpointing and torch.is_grad_enabled() and stream is None
-        for stage in reversed(self.up):
-            for block in stage.block:
+        levels = range(len(self.up)) if levels is None else levels
+        for level in sorted(levels, reverse=True):
+            if level + 1 < len(self.up):
+                x = self.up[level + 1].upsample(x, stream)
+            for block in self.up[level].block:
                 x = _run(block, x, use_ckpt) if stream is None else block(x, stream)
-            if hasattr(stage, "upsample"):
-                x = stage.upsample(x, stream)
-        return self.conv_out(F.silu(self.norm_out(x, stream)), stream)
+        if 0 in levels:
+            x = self.conv_out(F.silu(self.norm_out(x, stream)), stream)
+        return x
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.trunk(self.head(z))
