@@ -3,9 +3,11 @@
 Modes: ``full`` (one pass, exact), ``reference`` (the released code's 576-px tiles and 16-frame
 windows, see reference_tiling.py), and chunked streaming with 16-frame encoder chunks and
 4-latent decoder chunks (the reference's window sizes; ``--chunks`` changes them): ``ours`` (the
-default plan: two-pass statistics in the encoder, running in the decoder), ``ours-running``
-and ``ours-two_pass`` (one statistics mode for both; see cvvae.inference.streaming); with
-``--compile`` also ``full-compiled`` (the full pass under ``torch.compile``, compiled in the warm-up).
+default plan: running statistics in both directions), ``ours-two_pass-encoder`` (two passes for
+the encoder) and ``ours-two_pass`` (two passes for both; see cvvae.inference.streaming); with
+``--compile`` also ``full-compiled`` (the full pass under ``torch.compile``, compiled in the warm-up);
+``--tile`` / ``--tile-levels`` add tiled variants of our modes, ``--budget`` the plans that memory
+budgets pick.
 
 With ``--device meta`` nothing is computed: the peak tensor bytes of every mode are counted at any
 size in seconds (no times, no deviations), which is how the 720p peaks of full-size models are
@@ -18,6 +20,7 @@ full pass decoding the full-pass latents.
     python benchmarks/bench_inference.py --quick            # a few minutes on the 2-core CPU
     python benchmarks/bench_inference.py --device cuda --out docs/bench-h100.json
     python benchmarks/bench_inference.py --device meta --models sd21_full --sizes 17x720x1280 --chunks 4 1 --tile 320
+    python benchmarks/bench_inference.py --device meta --models sd21_full --sizes 17x720x1280 --ours --budget 4 8
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from cvvae.models.checkpoint import config_from_released  # noqa: E402
 QUICK_SIZES = [(17, 256, 256), (33, 256, 256), (9, 720, 1280)]
 FULL_SIZES = [(17, 256, 256), (33, 256, 256), (65, 256, 256), (129, 256, 256), (17, 720, 1280), (33, 720, 1280)]
 # our modes: (encoder statistics, decoder statistics); "ours" is the default plan
-STATS = {"ours": ("two_pass", "running"), "ours-running": ("running", "running"),
+STATS = {"ours": ("running", "running"), "ours-two_pass-encoder": ("two_pass", "running"),
          "ours-two_pass": ("two_pass", "two_pass")}
 
 
@@ -131,22 +134,28 @@ def compiled_networks(model: CVVAE):
         model.encoder, model.decoder = encoder, decoder
 
 
-def our_variants(ours: list[str], tiles: list[int], levels: list[int]) -> dict[str, tuple[str, int | None, int]]:
-    """Mode label -> (statistics plan, tile size or None, tiled levels) for every combination; a
-    tile of 0 means whole frames (labels get ``-tileN`` and, for more than one level count, ``-LN``)."""
+def our_variants(ours: list[str], tiles: list[int], levels: list[int],
+                 orders: list[str]) -> dict[str, tuple[str, int | None, int, str]]:
+    """Mode label -> (statistics plan, tile size or None, tiled levels, tile order) for every
+    combination; a tile of 0 means whole frames (labels get ``-tileN``, ``-LN`` for more than
+    one level count, and ``-sequential``)."""
     variants = {}
     for name in ours:
         for tile in tiles or [0]:
             for n in levels if tile else levels[:1]:
-                label = name + (f"-tile{tile}" if tile else "") + (f"-L{n}" if tile and len(levels) > 1 else "")
-                variants[label] = (name, tile or None, n)
+                for order in orders if tile else orders[:1]:
+                    label = (name + (f"-tile{tile}" if tile else "") + (f"-L{n}" if tile and len(levels) > 1 else "")
+                             + ("-sequential" if tile and order == "sequential" else ""))
+                    variants[label] = (name, tile or None, n, order)
     return variants
 
 
 def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, int], with_reference: bool,
-              ours: dict[str, tuple[str, int | None, int]], compile_full: bool = False) -> list[dict]:
+              ours: dict[str, tuple[str, int | None, int, str]], compile_full: bool = False,
+              budgets: list[float] = ()) -> list[dict]:
     """Rows of time, peak and deviation: the full pass, then ``full-compiled`` and ``reference`` if
-    asked, then each of ``ours`` (see :func:`our_variants`)."""
+    asked, then each of ``ours`` (see :func:`our_variants`), then the plan of each memory budget
+    (GiB; modes ``budgetN``)."""
     c = model.config.latent_channels
     rows = []
     model.disable_tiling()
@@ -160,18 +169,29 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
         modes["full-compiled"] = (lambda: model.encode(x).latent_dist.parameters, lambda z: model.decode(z).sample)
     if with_reference:
         modes["reference"] = (lambda: reference_encode(model, x), lambda z: reference_decode(model, z))
-    for label, (name, tile, levels) in ours.items():
+    for label, (name, tile, levels, order) in ours.items():
         enc_stats, dec_stats = STATS[name]
 
-        def enc(stats=enc_stats, tile=tile, levels=levels):
-            model.enable_tiling(*chunks, encode_stats=stats, tile_size=tile, tile_levels=levels)
+        def enc(stats=enc_stats, tile=tile, levels=levels, order=order):
+            model.enable_tiling(*chunks, encode_stats=stats, tile_size=tile, tile_levels=levels, tile_order=order)
             return model.encode(x).latent_dist.parameters
 
-        def dec(z, stats=dec_stats, tile=tile, levels=levels):
-            model.enable_tiling(*chunks, decode_stats=stats, tile_size=tile, tile_levels=levels)
+        def dec(z, stats=dec_stats, tile=tile, levels=levels, order=order):
+            model.enable_tiling(*chunks, decode_stats=stats, tile_size=tile, tile_levels=levels, tile_order=order)
             return model.decode(z).sample
 
         modes[label] = (enc, dec)
+    for gib in budgets:
+
+        def enc(gib=gib):
+            model.set_memory_budget(gib)
+            return model.encode(x).latent_dist.parameters
+
+        def dec(z, gib=gib):
+            model.set_memory_budget(gib)
+            return model.decode(z).sample
+
+        modes[f"budget{gib:g}"] = (enc, dec)
     for name, (enc, dec) in modes.items():
         try:
             with compiled_networks(model) if name == "full-compiled" else contextlib.nullcontext():
@@ -228,6 +248,10 @@ def main() -> None:
                         help="our spatial tile sizes in pixels, one mode each (0: whole frames, the default)")
     parser.add_argument("--tile-levels", type=int, nargs="+", default=[2],
                         help="how many full-resolution levels the tiles cut (CVVAE.enable_tiling), one mode each")
+    parser.add_argument("--tile-order", nargs="+", default=["lockstep"], choices=["lockstep", "sequential"],
+                        help="tiles advancing together or one at a time (CVVAE.enable_tiling), one mode each")
+    parser.add_argument("--budget", type=float, nargs="*", default=[],
+                        help="memory budgets in GiB (CVVAE.set_memory_budget), one mode each")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")
     parser.add_argument("--out", type=Path, default=Path("benchmark-inference.json"))
     args = parser.parse_args()
@@ -241,7 +265,7 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes] if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     repeats = args.repeats or (1 if args.quick else 3)
     meter = Meter(device, repeats)
-    results = {"chunks": args.chunks, "tile": args.tile, "tile_levels": args.tile_levels, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    results = {"chunks": args.chunks, "tile": args.tile, "tile_levels": args.tile_levels, "tile_order": args.tile_order, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "torch": torch.__version__, "dtype": args.dtype, "repeats": repeats,
                "channels_last": args.channels_last, "compile": args.compile, "command": " ".join(sys.argv), "rows": []}
     header = f"{'model':10} {'size':>14} {'mode':>22} {'enc s':>8} {'dec s':>8} {'enc MiB':>9} {'dec MiB':>9} {'lat err':>8} {'PSNR':>6}"
@@ -257,7 +281,7 @@ def main() -> None:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             try:
                 rows = run_modes(model, x, meter, tuple(args.chunks), not args.no_reference,
-                                 our_variants(args.ours, args.tile, args.tile_levels), args.compile)
+                                 our_variants(args.ours, args.tile, args.tile_levels, args.tile_order), args.compile, args.budget)
             except torch.OutOfMemoryError:
                 rows = [dict(mode="full", error="out of memory")]
                 torch.cuda.empty_cache()

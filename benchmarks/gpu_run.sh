@@ -14,16 +14,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >> "$out/gpu.txt"
 run() { echo "== $*"; timeout "$1" "${@:2}" 2>&1 | grep -v "kept in float32"; }
 # Open (not measured on a GPU yet), most important first; each line writes its JSON after every size:
-# tiles at the two finest levels (the engine since the H200 session) at 720p, one pass of running
-# statistics and the default plan, against the full pass and the released tiling, 17 and 33 frames.
+# tiles at the two finest levels (the engine since the H200 session) at 720p, the default plan
+# (running statistics) and a two-pass encoder, tiles in lockstep and one at a time, against the
+# full pass and the released tiling, 17 and 33 frames.
 run 240 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full sd3_full \
-  --dtype bfloat16 --sizes 17x720x1280 33x720x1280 --chunks 4 1 --tile 360 --tile-levels 1 2 --ours ours ours-running \
-  --repeats 2 --out "$out/full_bf16_720p_hybrid_tiles.json"
+  --dtype bfloat16 --sizes 17x720x1280 33x720x1280 --chunks 4 1 --tile 360 --tile-order lockstep sequential \
+  --ours ours ours-two_pass-encoder --repeats 2 --out "$out/full_bf16_720p_hybrid_tiles.json"
 run 120 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models src/cvvae/assets/model sd21_tiny \
-  --sizes 17x720x1280 --chunks 4 1 --tile 360 --ours ours ours-running --repeats 2 \
+  --sizes 17x720x1280 --chunks 4 1 --tile 360 --ours ours ours-two_pass-encoder --repeats 2 \
   --out "$out/trained_and_reference_720p_hybrid_tiles.json"
 [ "$what" = all ] || exit 0
-# Recorded in docs/performance.md (H200): tiles over every level (the previous engine), torch.compile.
+# Recorded in docs/performance.md (H200): torch.compile of the full pass.
 run 150 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full --compile \
   --dtype bfloat16 --sizes 17x720x1280 --ours --no-reference --repeats 2 --out "$out/sd21_full_bf16_compile.json"
 # The earlier H100 session's measurements:

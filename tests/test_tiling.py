@@ -46,17 +46,19 @@ def test_tile_grid_covers_the_frame_once_with_near_equal_tiles(height, width, ti
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("levels", [1, 2, 3, 4])
-def test_tiles_with_halos_equal_the_full_pass_given_clip_statistics(reference_dir, levels):
+@pytest.mark.parametrize("levels,order", [(1, "lockstep"), (2, "lockstep"), (3, "lockstep"), (4, "lockstep"),
+                                          (2, "sequential")])
+def test_tiles_with_halos_equal_the_full_pass_given_clip_statistics(reference_dir, levels, order):
     """The first ``levels`` encoder levels (last decoder levels) by tiles with halos, the rest on
-    whole frames, chunk by chunk: with the clip's statistics, exactly the full pass."""
+    whole frames, chunk by chunk, in either tile order: with the clip's statistics, exactly the
+    full pass."""
     for model in _models(reference_dir):
         x = torch.rand(1, 3, 9, 96, 224) * 2 - 1
         full = model.encoder.trunk(x)
         parts = encoder_parts(model.encoder, 96, 224, 64, levels)
         assert len(parts[0][1]) == 8 and len(parts) == (1 if levels == 4 else 2)
         tiled = run_parts(parts, split_encoder_input(x, 4), "two_pass", full.shape[2], 2,
-                          frozen=clip_statistics(model.encoder.trunk, x))
+                          frozen=clip_statistics(model.encoder.trunk, x), order=order)
         assert (tiled - full).abs().max() < 1e-4
 
         h = model.decoder.head(torch.randn(1, model.config.latent_channels, 3, 12, 28))
@@ -64,7 +66,7 @@ def test_tiles_with_halos_equal_the_full_pass_given_clip_statistics(reference_di
         parts = decoder_parts(model.decoder, 96, 224, 64, levels)
         assert len(parts[-1][1]) == 8
         tiled = run_parts(parts, split_time(h, 1), "two_pass", full.shape[2], 1,
-                          frozen=clip_statistics(model.decoder.trunk, h))
+                          frozen=clip_statistics(model.decoder.trunk, h), order=order)
         assert (tiled - full).abs().max() < 1e-4
 
 
@@ -139,11 +141,11 @@ def test_tiles_count_statistics_over_their_own_regions(reference_dir):
     exact = clip_statistics(model.encoder.trunk, x)
     for levels in (1, 2):
         calls, totals = _chunked_pass(encoder_parts(model.encoder, 96, 160, 48, levels), split_encoder_input(x, 4),
-                                      3, "running", 2)
+                                      "running", 2)
         for _ in calls:
             pass
-        untiled_calls, untiled = _chunked_pass(encoder_parts(model.encoder, 96, 160, None, 1), split_encoder_input(x, 4),
-                                               3, "running", 2)
+        untiled_calls, untiled = _chunked_pass(encoder_parts(model.encoder, 96, 160, None, 1),
+                                               split_encoder_input(x, 4), "running", 2)
         for _ in untiled_calls:
             pass
         assert {norm: m.count for norm, m in totals.items()} == {norm: m.count for norm, m in untiled.items()}
@@ -183,8 +185,9 @@ def test_memory_budget_tiles_the_frame_when_a_chunk_does_not_fit():
 def test_memory_budget_is_kept_counted_on_meta(reference_dir, folder, monkeypatch, caplog):
     """The plan a budget picks peaks within it, for both directions (counted on the meta device,
     where the model allocates shapes only, with attention counted as the fused kernels
-    allocate it); the full pass needs more (twice, to decode). A budget below what tiles need
-    is not kept, and says so."""
+    allocate it); the full pass needs more (twice, to decode). Tiles advance together while
+    their caches fit, one at a time below that; a budget below what 64-px tiles need one at a
+    time is not kept, and says so."""
     import torch.nn.functional as F
 
     from cvvae.inference.memory import PeakMemory
@@ -196,17 +199,19 @@ def test_memory_budget_is_kept_counted_on_meta(reference_dir, folder, monkeypatc
     model = torch.nn.Module.to(CVVAE.from_pretrained(reference_dir / folder), "meta", torch.bfloat16).eval()
     x = torch.empty(1, 3, 9, 360, 640, device="meta", dtype=torch.bfloat16)
     z = torch.empty(1, model.config.latent_channels, 3, 45, 80, device="meta", dtype=torch.bfloat16)
-    gib = 0.45
-    model.set_memory_budget(gib)
-    with caplog.at_level(logging.INFO, logger="cvvae"):
-        for run in (lambda: model.encode(x), lambda: model.decode(z)):
-            with PeakMemory() as meter:
-                run()
-            assert 0 < meter.peak_bytes <= gib * 2**30, (gib, meter.peak_bytes / 2**30)
-    assert "decode: 1 latent frames per chunk, running statistics, spatial tiles" in caplog.text
-    assert "below what tiles need" not in caplog.text
-    model.set_memory_budget(0.2)
+    for gib, order in ((0.45, "lockstep"), (0.15, "sequential")):
+        caplog.clear()
+        model.set_memory_budget(gib)
+        with caplog.at_level(logging.INFO, logger="cvvae"):
+            for run in (lambda: model.encode(x), lambda: model.decode(z)):
+                with PeakMemory() as meter:
+                    run()
+                assert 0 < meter.peak_bytes <= gib * 2**30, (gib, meter.peak_bytes / 2**30)
+        assert f"decode: 1 latent frames per chunk, {'running' if order == 'lockstep' else 'two_pass'} statistics, " \
+               f"spatial tiles" in caplog.text and f"({order})" in caplog.text
+        assert "below what" not in caplog.text
+    model.set_memory_budget(0.02)
     with caplog.at_level(logging.WARNING, logger="cvvae"):
         model.decode(z)
-    assert "memory budget 0.20 GiB is below what tiles need to decode" in caplog.text
+    assert "memory budget 0.02 GiB is below what 64-px tiles need to decode" in caplog.text
     model.disable_tiling()

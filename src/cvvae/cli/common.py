@@ -138,6 +138,6 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--memory-budget",
         type=positive_float,
         metavar="GIB",
-        help="run long or large videos in time chunks sized to stay under about GIB GiB "
+        help="run long or large videos in time chunks (and spatial tiles) sized to stay under about GIB GiB "
         "(the chosen chunk sizes are logged); default: one exact full pass",
     )

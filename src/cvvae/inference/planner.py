@@ -3,18 +3,22 @@
 The cost model counts the largest live activations: the trunk's full-resolution feature maps
 for one chunk (``ACTIVATION_COPIES[direction]`` tensors of ``C0 x frames x H x W``, with two
 cached frames), plus what stays whole (the input and output clips and the latent-resolution
-head). With tiles the conv caches of all tiles (whole frames' worth) dominate and tile sizes
-change the peak little (``TILED_FRAMES``). The constants were calibrated against peaks counted
-on the meta device for the full-size SD 2.1 and SD3 architectures at 720p and the tiny reference
-models at 360p, and set to the largest seen (docs/performance.md). :func:`describe_plan` says what a plan does for
-one direction, for the ``cvvae`` logger.
+head). With tiles in lockstep the conv caches of all tiles (whole frames' worth) dominate and
+tile sizes change the peak little (``TILED_FRAMES``); below that, tiles run one at a time
+(``"sequential"``), sized like chunks, with the clip between the trunk's parts kept. The
+constants were calibrated against peaks counted on the meta device for the full-size SD 2.1 and
+SD3 architectures at 720p and the tiny reference models at 360p, and set to the largest seen
+(docs/performance.md). :func:`describe_plan` says what a plan does for one direction, for the
+``cvvae`` logger.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 
-from .streaming import STATS_MODES
+from .streaming import STATS_MODES, TILE_ORDERS
 
 # live C0 x frame x H x W tensors per chunk frame at the trunk's widest point; the non-causal
 # decoder holds more (delayed skips, held-back frames, three blocks per level)
@@ -24,7 +28,9 @@ HEAD_COPIES = 6  # live top_channels x frames x h x w tensors of the latent-reso
 # frames, mostly all tiles' conv caches, which tiles cannot shrink
 TILED_FRAMES = {"encode": 12, "decode": 30}
 MIN_TILE = 128
+SEQUENTIAL_HALO = 32  # video pixels around a tile in "sequential" order (16 / 24 for the released models)
 MIN_ENCODE_FRAMES = 4
+logger = logging.getLogger("cvvae")
 
 
 @dataclass(frozen=True)
@@ -32,16 +38,18 @@ class ChunkPlan:
     """Chunked execution settings: video frames per encoder chunk (a multiple of 4), latent
     frames per decoder chunk, and how each gathers GroupNorm statistics (see streaming.py).
 
-    The defaults are the measured best (docs/performance.md): two passes for the encoder,
-    running statistics for the decoder.
+    The default, running statistics in both directions, keeps to about the full pass's time and
+    stays several times closer to it than the released tiling; ``"two_pass"`` brings the
+    encoder's latents closer again for a second pass (docs/performance.md).
     """
 
     encode_frames: int = 16
     decode_latents: int = 4
-    encode_stats: str = "two_pass"
+    encode_stats: str = "running"
     decode_stats: str = "running"
     tile_size: int | None = None  # spatial tiles of about this many video pixels ...
-    tile_levels: int = 2  # ... for this many full-resolution levels (streaming.encoder_parts)
+    tile_levels: int = 2  # ... for this many full-resolution levels (streaming.encoder_parts) ...
+    tile_order: str = "lockstep"  # ... all advancing together, or one at a time (streaming.run_parts)
 
     def __post_init__(self):
         if self.encode_frames < MIN_ENCODE_FRAMES or self.encode_frames % 4:
@@ -52,6 +60,8 @@ class ChunkPlan:
             raise ValueError(f"tile_size must be >= 64 pixels, got {self.tile_size}")
         if self.tile_levels < 1:
             raise ValueError(f"tile_levels must be >= 1, got {self.tile_levels}")
+        if self.tile_order not in TILE_ORDERS:
+            raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {self.tile_order!r}")
         for stats in (self.encode_stats, self.decode_stats):
             if stats not in STATS_MODES:
                 raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
@@ -59,8 +69,9 @@ class ChunkPlan:
 
 def tiled_peak(frames: int, height: int, width: int, base_channels: int, top_channels: int, itemsize: int,
                direction: str) -> float:
-    """Estimated peak bytes of ``direction`` with tiles (the least that a budget can ask for)."""
-    return _whole(frames, height * width, top_channels, itemsize) + itemsize * base_channels * height * width * TILED_FRAMES[direction]
+    """Estimated peak bytes of ``direction`` with tiles advancing in lockstep (mostly their caches)."""
+    caches = itemsize * base_channels * height * width * TILED_FRAMES[direction]
+    return _whole(frames, height * width, top_channels, itemsize) + caches
 
 
 def _whole(frames: int, pixels: int, top_channels: int, itemsize: int) -> float:
@@ -82,27 +93,39 @@ def plan_for_budget(
     (``"encode"`` or ``"decode"``) runs on a ``frames x height x width`` clip
     (``base_channels``/``top_channels``: widths of the first and last level); if even 4-frame /
     1-latent chunks do not fit, tiles of half the frame's shorter side too (peak about
-    :func:`tiled_peak`, whatever the budget)."""
+    :func:`tiled_peak`), and below that, tiles one at a time, sized to the budget."""
     pixels = height * width
     whole = _whole(frames, pixels, top_channels, itemsize)
     per_pixel_frame = itemsize * ACTIVATION_COPIES[direction] * base_channels
     room = max(0.0, budget_bytes - whole) / (per_pixel_frame * pixels) - 2  # two cached frames ride along
     encode_frames = max(MIN_ENCODE_FRAMES, int(room) // 4 * 4)
     decode_latents = max(1, int(room) // 4)
-    tile = None
+    tile, order = None, "lockstep"
     if room < MIN_ENCODE_FRAMES:  # even the smallest chunk is too big: tile the frame too
         tile = max(MIN_TILE, min(height, width) // 2 // 8 * 8)
+        if budget_bytes < tiled_peak(frames, height, width, base_channels, top_channels, itemsize, direction):
+            order = "sequential"  # all tiles' caches do not fit: one tile at a time, and the clip kept between
+            kept = whole + itemsize * top_channels * frames * pixels // 32
+            area = max(0.0, budget_bytes - kept) / (per_pixel_frame * (MIN_ENCODE_FRAMES + 2))
+            tile = max(64, (int(math.sqrt(area)) - 2 * SEQUENTIAL_HALO) // 8 * 8)
+            least = kept + per_pixel_frame * (MIN_ENCODE_FRAMES + 2) * (64 + 2 * SEQUENTIAL_HALO) ** 2
+            if tile < max(height, width) and least > budget_bytes:
+                logger.warning("memory budget %.2f GiB is below what 64-px tiles need to %s %d frames %dx%d",
+                               budget_bytes / 2**30, direction, frames, width, height)
         if tile >= max(height, width):
             tile = None
-    return ChunkPlan(encode_frames, decode_latents, tile_size=tile)
+    return ChunkPlan(encode_frames, decode_latents, tile_size=tile, tile_order=order)
 
 
 def describe_plan(plan: ChunkPlan, direction: str) -> str:
     """One line saying how ``direction`` (``"encode"`` or ``"decode"``) runs under ``plan``."""
     if direction == "encode":
-        chunks = f"{plan.encode_frames} frames per chunk, {plan.encode_stats} statistics"
+        chunks, stats = f"{plan.encode_frames} frames per chunk", plan.encode_stats
     else:
-        chunks = f"{plan.decode_latents} latent frames per chunk, {plan.decode_stats} statistics"
+        chunks, stats = f"{plan.decode_latents} latent frames per chunk", plan.decode_stats
+    if plan.tile_size and plan.tile_order == "sequential":
+        stats = "two_pass"  # one tile at a time needs the statistics first
+    line = f"{direction}: {chunks}, {stats} statistics"
     if plan.tile_size:
-        chunks = f"{chunks}, spatial tiles of {plan.tile_size} px at the {plan.tile_levels} finest levels"
-    return f"{direction}: {chunks}"
+        line += f", spatial tiles of {plan.tile_size} px at the {plan.tile_levels} finest levels ({plan.tile_order})"
+    return line

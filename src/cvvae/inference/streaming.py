@@ -36,6 +36,7 @@ from ..models.layers import PaddedConv3d, VideoGroupNorm
 from .tiling import Tile, decoder_halo, encoder_halo, tile_grid, tiled_scale
 
 STATS_MODES = ("two_pass", "running", "chunk")
+TILE_ORDERS = ("lockstep", "sequential")
 
 
 class _Window(NamedTuple):
@@ -241,22 +242,20 @@ class _Moments:
         return _Moments(n, mean, m2 / n)
 
 
-def chunk_calls(step: Callable[[torch.Tensor, bool], torch.Tensor], chunks: list[torch.Tensor],
-                out_frames: int) -> Iterator[torch.Tensor]:
+def chunk_calls(step: Callable[[torch.Tensor, bool], tuple[torch.Tensor, bool]], chunks: list[torch.Tensor]
+                ) -> Iterator[torch.Tensor]:
     """Feed ``chunks`` in order to ``step(chunk, final)`` (one call of the network; ``final``:
-    no new frames follow), then empty chunks until ``out_frames`` output frames are out, yielding
-    each call's output (possibly no frames)."""
-    filled, calls = 0, 0
+    no new frames follow; it returns its output and whether that was the last), then empty
+    chunks until everything has flowed, yielding each call's output (possibly no frames)."""
     empty = chunks[-1][:, :, :0]
-    while filled < out_frames:
-        if calls >= len(chunks) + 4 * out_frames:
-            raise RuntimeError(f"chunked pass stalled at {filled} of {out_frames} frames")
-        y = step(chunks[calls] if calls < len(chunks) else empty, calls >= len(chunks) - 1)
-        calls += 1
-        filled += y.shape[2]
+    limit = len(chunks) + 4 * sum(chunk.shape[2] for chunk in chunks) + 8
+    for calls in range(limit):
+        final = calls >= len(chunks) - 1
+        y, done = step(chunks[calls] if calls < len(chunks) else empty, final)
         yield y
-    if filled != out_frames:
-        raise RuntimeError(f"chunked pass produced {filled} frames, expected {out_frames}")
+        if final and done:
+            return
+    raise RuntimeError(f"chunked pass stalled after {limit} calls")
 
 
 class Stage:
@@ -280,25 +279,33 @@ class Stage:
             state = self.states[0]
             state.begin_call(final)
             return self.part(x, state), state.upstream_done
-        num, den = self.scale
         out, done = None, True
         for tile, state in zip(self.tiles, self.states, strict=True):
             state.begin_call(final)
             y = self.part(x[..., tile.padded[0], tile.padded[1]], state)
             done = done and state.upstream_done
-            if out is None:
-                out = y.new_empty(*y.shape[:3], x.shape[3] * num // den, x.shape[4] * num // den)
-            rows, cols = (tile.crop(axis, num, den) for axis in (0, 1))
-            out[..., tile.own[0].start * num // den : tile.own[0].stop * num // den,
-                tile.own[1].start * num // den : tile.own[1].stop * num // den] = y[..., rows, cols]
+            out = _place(out, y, tile, x.shape[3:], self.scale)
         return out, done
+
+
+def _place(out: torch.Tensor | None, y: torch.Tensor, tile: Tile, size: tuple[int, int],
+           scale: tuple[int, int]) -> torch.Tensor:
+    """Write the own region of ``y`` (a tile's output) into ``out``, the output for a
+    ``size`` input frame (allocated on the first tile), ``scale = (num, den)``."""
+    num, den = scale
+    if out is None:
+        out = y.new_empty(*y.shape[:3], size[0] * num // den, size[1] * num // den)
+    rows, cols = (tile.crop(axis, num, den) for axis in (0, 1))
+    out[..., tile.own[0].start * num // den : tile.own[0].stop * num // den,
+        tile.own[1].start * num // den : tile.own[1].stop * num // den] = y[..., rows, cols]
+    return out
 
 
 Part = tuple[Callable, list[Tile] | None, tuple[int, int]]  # (part, tiles or None, scale): a Stage
 
 
-def _chunked_pass(parts: list[Part], chunks: list[torch.Tensor], out_frames: int, stats_mode: str,
-                  max_latents: int, frozen: dict | None = None) -> tuple[Iterator[torch.Tensor], dict]:
+def _chunked_pass(parts: list[Part], chunks: list[torch.Tensor], stats_mode: str, max_latents: int,
+                  frozen: dict | None = None) -> tuple[Iterator[torch.Tensor], dict]:
     """The calls of one chunked pass through ``parts`` in order, and the clip totals it fills."""
     totals: dict = {}
 
@@ -307,41 +314,87 @@ def _chunked_pass(parts: list[Part], chunks: list[torch.Tensor], out_frames: int
 
     stages = [Stage(part, tiles, scale, new_state) for part, tiles, scale in parts]
 
-    def step(chunk: torch.Tensor, final: bool) -> torch.Tensor:
+    def step(chunk: torch.Tensor, final: bool) -> tuple[torch.Tensor, bool]:
         for stage in stages:
             chunk, final = stage(chunk, final)
-        return chunk
+        return chunk, final
 
-    return chunk_calls(step, chunks, out_frames), totals
+    return chunk_calls(step, chunks), totals
 
 
-def _collect(calls: Iterator[torch.Tensor], out_frames: int) -> torch.Tensor:
-    """All of a pass's calls written into one preallocated clip of ``out_frames`` frames."""
+def _collect(calls: Iterator[torch.Tensor], out_frames: int | None = None) -> torch.Tensor:
+    """All of a pass's calls as one clip, preallocated when ``out_frames`` is known."""
+    if out_frames is None:
+        return torch.cat(list(calls), dim=2)
     out, filled = None, 0
     for y in calls:
         if out is None:
             out = y.new_empty(*y.shape[:2], out_frames, *y.shape[3:])
         out[:, :, filled : filled + y.shape[2]] = y
         filled += y.shape[2]
+    if filled != out_frames:
+        raise RuntimeError(f"chunked pass produced {filled} frames, expected {out_frames}")
     return out
 
 
 def run_parts(parts: list[Part], chunks: list[torch.Tensor], stats: str, out_frames: int,
-              max_latents: int, frozen: dict | None = None) -> torch.Tensor:
+              max_latents: int, frozen: dict | None = None, order: str = "lockstep") -> torch.Tensor:
     """Run a trunk, cut into ``parts`` (each on whole frames or tiles, see :class:`Stage`), over
     consecutive time chunks of one clip; the output has ``out_frames`` frames; ``max_latents``
     caps each conv's output per call. ``stats`` is the statistics mode (module docstring);
-    ``frozen`` statistics, when given, are used instead."""
+    ``frozen`` statistics, when given, are used instead.
+
+    ``order``: ``"lockstep"``, every call runs all parts, tiles one after the other
+    (:class:`Stage`: all tiles' caches stay alive); ``"sequential"``, each part over the whole
+    clip in turn and a tiled part tile by tile (:func:`_part_by_part`: one tile's caches alive,
+    the clip kept between parts), always with two passes of statistics.
+    """
     if stats not in STATS_MODES:
         raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
+    if order not in TILE_ORDERS:
+        raise ValueError(f"tile order must be one of {TILE_ORDERS}, got {order!r}")
+    if order == "sequential" and any(tiles for _, tiles, _ in parts):
+        if frozen is None:
+            frozen = _as_stats(_part_by_part(parts, chunks, "running", max_latents)[1])
+        out = _part_by_part(parts, chunks, "frozen", max_latents, frozen)[0]
+        if out.shape[2] != out_frames:
+            raise RuntimeError(f"chunked pass produced {out.shape[2]} frames, expected {out_frames}")
+        return out
     if frozen is None and stats == "two_pass":
-        calls, totals = _chunked_pass(parts, chunks, out_frames, "running", max_latents)
+        calls, totals = _chunked_pass(parts, chunks, "running", max_latents)
         for _ in calls:  # statistics only: each call's output is dropped at once
             pass
         frozen = _as_stats(totals)
     mode = "frozen" if frozen is not None else stats
-    calls, _ = _chunked_pass(parts, chunks, out_frames, mode, max_latents, frozen)
+    calls, _ = _chunked_pass(parts, chunks, mode, max_latents, frozen)
     return _collect(calls, out_frames)
+
+
+def _part_by_part(parts: list[Part], chunks: list[torch.Tensor], stats_mode: str, max_latents: int,
+                  frozen: dict | None = None) -> tuple[torch.Tensor, dict]:
+    """One chunked pass in ``"sequential"`` order: its output and the clip totals it counted
+    (tiles normalised with what the tiles before them pooled, when ``"running"``)."""
+    totals: dict = {}
+
+    def run(part: Callable, part_chunks: list[torch.Tensor], tile: Tile | None) -> torch.Tensor:
+        state = StreamState(stats_mode, frozen, max_latents, totals, tile.own_part if tile else None)
+
+        def step(chunk: torch.Tensor, final: bool) -> tuple[torch.Tensor, bool]:
+            state.begin_call(final)
+            return part(chunk, state), state.upstream_done
+
+        return _collect(chunk_calls(step, part_chunks))
+
+    for part, tiles, scale in parts:
+        if tiles is None:
+            y = run(part, chunks, None)
+        else:
+            y = None
+            for tile in tiles:
+                y = _place(y, run(part, [c[..., tile.padded[0], tile.padded[1]] for c in chunks], tile),
+                           tile, chunks[0].shape[3:], scale)
+        chunks = list(torch.tensor_split(y, len(chunks), dim=2))
+    return y, totals
 
 
 def split_encoder_input(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
@@ -396,27 +449,29 @@ def decoder_parts(decoder: nn.Module, height: int, width: int, tile: int | None,
 @torch.no_grad()
 def encode_moments(
     encoder: nn.Module, x: torch.Tensor, chunk_frames: int, stats: str, tile: int | None = None,
-    tile_levels: int = 2,
+    tile_levels: int = 2, tile_order: str = "lockstep",
 ) -> torch.Tensor:
     """Encoder moments of ``(B, 3, 1 + 4k, H, W)`` with the trunk run ``chunk_frames`` at a time
-    (its first ``tile_levels`` levels over ``tile``-pixel spatial tiles with halos, when given)."""
+    (its first ``tile_levels`` levels over ``tile``-pixel spatial tiles with halos, in
+    ``tile_order``, when given)."""
     latent_frames = 1 + (x.shape[2] - 1) // 4
     per_chunk = max(4, chunk_frames) // 4 + 1  # the first chunk's 1 + n frames pass in one call
     parts = encoder_parts(encoder, x.shape[3], x.shape[4], tile, tile_levels)
-    h = run_parts(parts, split_encoder_input(x, chunk_frames), stats, latent_frames, per_chunk)
+    h = run_parts(parts, split_encoder_input(x, chunk_frames), stats, latent_frames, per_chunk,
+                  order=tile_order)
     return encoder.head(h)
 
 
 @torch.no_grad()
 def decode_latents(
     decoder: nn.Module, z: torch.Tensor, chunk_latents: int, stats: str, tile: int | None = None,
-    tile_levels: int = 2,
+    tile_levels: int = 2, tile_order: str = "lockstep",
 ) -> torch.Tensor:
     """Decoded video of latents ``(B, C, t, h, w)``, the trunk run ``chunk_latents`` latent
     frames at a time (its last ``tile_levels`` levels over ``tile``-pixel output tiles with
-    halos, when given)."""
+    halos, in ``tile_order``, when given)."""
     frames = 1 + 4 * (z.shape[2] - 1)
     h = decoder.head(z)
     size = 2 ** (len(decoder.up) - 1)
     parts = decoder_parts(decoder, h.shape[3] * size, h.shape[4] * size, tile, tile_levels)
-    return run_parts(parts, split_time(h, chunk_latents), stats, frames, chunk_latents)
+    return run_parts(parts, split_time(h, chunk_latents), stats, frames, chunk_latents, order=tile_order)

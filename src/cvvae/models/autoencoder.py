@@ -23,7 +23,7 @@ from diffusers.utils import BaseOutput
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserInputError
-from ..inference.planner import ChunkPlan, describe_plan, plan_for_budget, tiled_peak
+from ..inference.planner import ChunkPlan, describe_plan, plan_for_budget
 from ..inference.precision import check_finite
 from ..inference.streaming import decode_latents, encode_moments
 from .checkpoint import LAYOUTS, config_from_released, from_layout, to_layout
@@ -162,10 +162,11 @@ class CVVAE(ModelMixin, ConfigMixin):
         self,
         encode_frames: int = 16,
         decode_latents: int = 4,
-        encode_stats: str = "two_pass",
+        encode_stats: str = "running",
         decode_stats: str = "running",
         tile_size: int | None = None,
         tile_levels: int = 2,
+        tile_order: str = "lockstep",
     ) -> None:
         """Run the full-resolution parts in time chunks (expert settings; never saved).
 
@@ -174,10 +175,13 @@ class CVVAE(ModelMixin, ConfigMixin):
         obtained (``"two_pass"``, ``"running"`` or ``"chunk"``, see
         :mod:`cvvae.inference.streaming`). Memory then grows with the chunk, not the clip.
         ``tile_size`` (video pixels) also splits the frames of the ``tile_levels`` finest levels
-        (of 4) into tiles with halos; the coarser levels run on whole frames (docs/performance.md).
+        (of 4) into tiles with halos; the coarser levels run on whole frames. Tiles advance
+        together chunk by chunk (``tile_order="lockstep"``: one pass, all tiles' caches held) or
+        one after the other over the whole clip (``"sequential"``: the least memory, two passes);
+        docs/performance.md.
         """
         self._chunk_plan = ChunkPlan(encode_frames, decode_latents, encode_stats, decode_stats,
-                                     tile_size, tile_levels)
+                                     tile_size, tile_levels, tile_order)
         self._memory_budget = None
 
     def set_memory_budget(self, gib: float) -> None:
@@ -202,11 +206,6 @@ class CVVAE(ModelMixin, ConfigMixin):
                                channels[-1], self.dtype.itemsize, direction)
         logger.info("memory budget %.2f GiB, %d frames %dx%d -> %s", self._memory_budget, frames,
                     width, height, describe_plan(plan, direction))
-        floor = tiled_peak(frames, height, width, channels[0], channels[-1], self.dtype.itemsize, direction)
-        if plan.tile_size and floor > self._memory_budget * 2**30:
-            logger.warning("memory budget %.2f GiB is below what tiles need to %s %d frames %dx%d "
-                           "(about %.2f GiB, mostly the convolution caches of whole frames)",
-                           self._memory_budget, direction, frames, width, height, floor / 2**30)
         return plan
 
     # ----------------------------------------------------------------- encode / decode
@@ -222,7 +221,7 @@ class CVVAE(ModelMixin, ConfigMixin):
             moments = self.encoder(video)
         else:
             moments = encode_moments(self.encoder, video, plan.encode_frames, plan.encode_stats,
-                                     plan.tile_size, plan.tile_levels)
+                                     plan.tile_size, plan.tile_levels, plan.tile_order)
         if not torch.is_grad_enabled():
             check_finite(moments, self.encoder, lambda: self.encoder(video), "encoder")
         posterior = DiagonalGaussian(moments.squeeze(2) if image else moments)
@@ -254,7 +253,7 @@ class CVVAE(ModelMixin, ConfigMixin):
             x = self.decoder(z)
         else:
             x = decode_latents(self.decoder, z, plan.decode_latents, plan.decode_stats, plan.tile_size,
-                               plan.tile_levels)
+                               plan.tile_levels, plan.tile_order)
         if not torch.is_grad_enabled():
             check_finite(x, self.decoder, lambda: self.decoder(z), "decoder")
         x = x[:, :, :num_frames, :height, :width]
