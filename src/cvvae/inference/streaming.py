@@ -108,14 +108,13 @@ class StreamState:
         """A ResNet block's ``conv(silu(norm(x)))`` on the frames now available, and the frames of
         ``x`` its outputs line up with (the skip). The cache holds ``x`` itself, normalised anew
         on each call, so the skip needs no cache of its own."""
-        if x.shape[2] and self.stats_mode != "frozen":
-            self._count(norm, x)
+        self._count(norm, x)
         frames, n, lead, tail, offset = self._window(conv, x)
-        first = conv.pad_spec.time[0] - offset  # in x: the frame each output is centred on (or ends at)
-        if 0 <= first and first + n <= x.shape[2]:
-            skip = x[:, :, first : first + n]  # a view of what the caller holds anyway
+        before = conv.pad_spec.time[0]  # in the window: the frame each output is centred on (or ends at)
+        if offset <= before and before - offset + n <= x.shape[2]:
+            skip = x[:, :, before - offset : before - offset + n]  # a view of what the caller holds anyway
         else:
-            skip = frames[:, :, first + offset : first + offset + n]  # a view: keeps this call's window
+            skip = frames[:, :, before : before + n]  # a view: keeps this call's window
         if n:
             frames = F.silu(self._normalise(norm, frames), inplace=True)
             if conv.pad_spec.time_mode == "zeros":  # padding frames are zeros after the norm, not before
@@ -188,12 +187,14 @@ class StreamState:
         """Normalise ``x`` with statistics chosen by ``stats_mode``; accumulate clip totals."""
         if x.shape[2] == 0:
             return x
-        if self.stats_mode != "frozen":
-            self._count(norm, x)
+        self._count(norm, x)
         return self._normalise(norm, x)
 
     def _count(self, norm: VideoGroupNorm, x: torch.Tensor) -> None:
-        """Add the moments of ``x`` (of its ``region``) per group to the clip totals."""
+        """Add the moments of ``x`` (of its ``region``) per group to the clip totals (not when the
+        statistics are frozen, or ``x`` has no frames)."""
+        if self.stats_mode == "frozen" or x.shape[2] == 0:
+            return
         if self.region is not None:
             x = self.region(x)
         b, c = x.shape[:2]
@@ -308,10 +309,7 @@ def _chunked_pass(parts: list[Part], chunks: list[torch.Tensor], stats_mode: str
                   frozen: dict | None = None) -> tuple[Iterator[torch.Tensor], dict]:
     """The calls of one chunked pass through ``parts`` in order, and the clip totals it fills."""
     totals: dict = {}
-
-    def new_state(tile: Tile | None) -> StreamState:
-        return StreamState(stats_mode, frozen, max_latents, totals, tile.own_part if tile else None)
-
+    new_state = _state_factory(stats_mode, frozen, max_latents, totals)
     stages = [Stage(part, tiles, scale, new_state) for part, tiles, scale in parts]
 
     def step(chunk: torch.Tensor, final: bool) -> tuple[torch.Tensor, bool]:
@@ -320,6 +318,16 @@ def _chunked_pass(parts: list[Part], chunks: list[torch.Tensor], stats_mode: str
         return chunk, final
 
     return chunk_calls(step, chunks), totals
+
+
+def _state_factory(stats_mode: str, frozen: dict | None, max_latents: int,
+                   totals: dict) -> Callable[[Tile | None], StreamState]:
+    """New states of one pass (all counting into ``totals``), for whole frames or a tile."""
+
+    def new_state(tile: Tile | None) -> StreamState:
+        return StreamState(stats_mode, frozen, max_latents, totals, tile.own_part if tile else None)
+
+    return new_state
 
 
 def _collect(calls: Iterator[torch.Tensor], out_frames: int | None = None) -> torch.Tensor:
@@ -375,15 +383,11 @@ def _part_by_part(parts: list[Part], chunks: list[torch.Tensor], stats_mode: str
     """One chunked pass in ``"sequential"`` order: its output and the clip totals it counted
     (tiles normalised with what the tiles before them pooled, when ``"running"``)."""
     totals: dict = {}
+    new_state = _state_factory(stats_mode, frozen, max_latents, totals)
 
     def run(part: Callable, part_chunks: list[torch.Tensor], tile: Tile | None) -> torch.Tensor:
-        state = StreamState(stats_mode, frozen, max_latents, totals, tile.own_part if tile else None)
-
-        def step(chunk: torch.Tensor, final: bool) -> tuple[torch.Tensor, bool]:
-            state.begin_call(final)
-            return part(chunk, state), state.upstream_done
-
-        return _collect(chunk_calls(step, part_chunks))
+        """``part`` over the whole clip (a tile's, when given), as one whole-frame stage."""
+        return _collect(chunk_calls(Stage(part, None, (1, 1), lambda _: new_state(tile)), part_chunks))
 
     for part, tiles, scale in parts:
         if tiles is None:
