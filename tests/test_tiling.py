@@ -181,6 +181,32 @@ def test_memory_budget_tiles_the_frame_when_a_chunk_does_not_fit():
 
 
 @torch.no_grad()
+def test_memory_budget_left_over_buys_longer_encoder_chunks(reference_dir, monkeypatch, caplog):
+    """With tiles in lockstep, what the budget leaves above their caches goes to longer encoder
+    chunks (closer statistics), up to the whole clip, and the counted peak (meta device, fused
+    attention) stays within it."""
+    import torch.nn.functional as F
+
+    from cvvae.inference.memory import PeakMemory
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", F.scaled_dot_product_attention)  # restored after
+    load_benchmark("bench_inference").count_fused_attention_on_meta()
+    model = torch.nn.Module.to(CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny"), "meta", torch.bfloat16).eval()
+    x = torch.empty(1, 3, 33, 360, 640, device="meta", dtype=torch.bfloat16)
+    chunks = []
+    for gib in (0.3, 0.4, 0.6):
+        caplog.clear()
+        model.set_memory_budget(gib)
+        with caplog.at_level(logging.INFO, logger="cvvae"), PeakMemory() as meter:
+            model.encode(x)
+        assert 0 < meter.peak_bytes <= gib * 2**30, (gib, meter.peak_bytes / 2**30)
+        assert "spatial tiles" in caplog.text and "(lockstep)" in caplog.text
+        chunks.append(int(caplog.text.split("encode: ")[1].split(" frames per chunk")[0]))
+    assert chunks[0] < chunks[1] < chunks[2] == 32, chunks
+    model.disable_tiling()
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("folder", ["cvvae_sd21_tiny", "cvvae_sd3_tiny"])
 def test_memory_budget_is_kept_counted_on_meta(reference_dir, folder, monkeypatch, caplog):
     """The plan a budget picks peaks within it, for both directions (counted on the meta device,

@@ -4,7 +4,9 @@ The cost model counts the largest live activations: the trunk's full-resolution 
 for one chunk (``ACTIVATION_COPIES[direction]`` tensors of ``C0 x frames x H x W``, with two
 cached frames), plus what stays whole (the input and output clips and the latent-resolution
 head). With tiles in lockstep the conv caches of all tiles (whole frames' worth) dominate and
-tile sizes change the peak little (``TILED_FRAMES``); below that, tiles run one at a time
+tile sizes change the peak little (``TILED_FRAMES``, at the smallest chunks); what the budget
+leaves above that buys longer encoder chunks (``TILED_CHUNK_COPIES`` per frame and padded tile:
+fewer, fuller statistics, so latents closer to the full pass); below that, tiles run one at a time
 (``"sequential"``), sized like chunks, with the clip between the trunk's parts kept. The
 constants were calibrated against peaks counted on the meta device for the full-size SD 2.1 and
 SD3 architectures at 720p and the tiny reference models at 360p, and set to the largest seen
@@ -27,8 +29,11 @@ HEAD_COPIES = 6  # live top_channels x frames x h x w tensors of the latent-reso
 # with tiles (two tiled levels, tiles of half the shorter side): the peak, in whole C0 x H x W
 # frames, mostly all tiles' conv caches, which tiles cannot shrink
 TILED_FRAMES = {"encode": 12, "decode": 30}
+# live C0 x tile x tile tensors (tile with its halos) per encoder chunk frame beyond the smallest
+# chunk, tiles of half the shorter side in lockstep (the coarse levels' whole frames included)
+TILED_CHUNK_COPIES = 3
 MIN_TILE = 128
-SEQUENTIAL_HALO = 32  # video pixels around a tile in "sequential" order (16 / 24 for the released models)
+TILE_HALO = 32  # video pixels around a tile, for the estimates (16 / 24 for the released models)
 MIN_ENCODE_FRAMES = 4
 logger = logging.getLogger("cvvae")
 
@@ -68,10 +73,15 @@ class ChunkPlan:
 
 
 def tiled_peak(frames: int, height: int, width: int, base_channels: int, top_channels: int, itemsize: int,
-               direction: str) -> float:
-    """Estimated peak bytes of ``direction`` with tiles advancing in lockstep (mostly their caches)."""
+               direction: str, tile: int, encode_frames: int = MIN_ENCODE_FRAMES) -> float:
+    """Estimated peak bytes of ``direction`` with ``tile``-pixel tiles advancing in lockstep
+    (mostly their caches), the encoder taking ``encode_frames`` per chunk."""
     caches = itemsize * base_channels * height * width * TILED_FRAMES[direction]
-    return _whole(frames, height * width, top_channels, itemsize) + caches
+    longer = 0.0
+    if direction == "encode":
+        padded = (min(tile, height) + 2 * TILE_HALO) * (min(tile, width) + 2 * TILE_HALO)
+        longer = itemsize * base_channels * padded * TILED_CHUNK_COPIES * (encode_frames - MIN_ENCODE_FRAMES)
+    return _whole(frames, height * width, top_channels, itemsize) + caches + longer
 
 
 def _whole(frames: int, pixels: int, top_channels: int, itemsize: int) -> float:
@@ -93,7 +103,8 @@ def plan_for_budget(
     (``"encode"`` or ``"decode"``) runs on a ``frames x height x width`` clip
     (``base_channels``/``top_channels``: widths of the first and last level); if even 4-frame /
     1-latent chunks do not fit, tiles of half the frame's shorter side too (peak about
-    :func:`tiled_peak`), and below that, tiles one at a time, sized to the budget."""
+    :func:`tiled_peak`; the encoder's chunks as long as the rest of the budget allows, up to
+    the clip), and below that, tiles one at a time, sized to the budget."""
     pixels = height * width
     whole = _whole(frames, pixels, top_channels, itemsize)
     per_pixel_frame = itemsize * ACTIVATION_COPIES[direction] * base_channels
@@ -103,17 +114,21 @@ def plan_for_budget(
     tile, order = None, "lockstep"
     if room < MIN_ENCODE_FRAMES:  # even the smallest chunk is too big: tile the frame too
         tile = max(MIN_TILE, min(height, width) // 2 // 8 * 8)
-        if budget_bytes < tiled_peak(frames, height, width, base_channels, top_channels, itemsize, direction):
+        shape = (frames, height, width, base_channels, top_channels, itemsize, direction, tile)
+        if budget_bytes < tiled_peak(*shape):
             order = "sequential"  # all tiles' caches do not fit: one tile at a time, and the clip kept between
             kept = whole + itemsize * top_channels * frames * pixels // 32
             area = max(0.0, budget_bytes - kept) / (per_pixel_frame * (MIN_ENCODE_FRAMES + 2))
-            tile = max(64, (int(math.sqrt(area)) - 2 * SEQUENTIAL_HALO) // 8 * 8)
-            least = kept + per_pixel_frame * (MIN_ENCODE_FRAMES + 2) * (64 + 2 * SEQUENTIAL_HALO) ** 2
+            tile = max(64, (int(math.sqrt(area)) - 2 * TILE_HALO) // 8 * 8)
+            least = kept + per_pixel_frame * (MIN_ENCODE_FRAMES + 2) * (64 + 2 * TILE_HALO) ** 2
             if tile < max(height, width) and least > budget_bytes:
                 logger.warning("memory budget %.2f GiB is below what 64-px tiles need to %s %d frames %dx%d",
                                budget_bytes / 2**30, direction, frames, width, height)
         if tile >= max(height, width):
             tile = None
+        elif order == "lockstep":  # what the caches leave: longer encoder chunks
+            while encode_frames + 4 < frames and budget_bytes >= tiled_peak(*shape, encode_frames + 4):
+                encode_frames += 4
     return ChunkPlan(encode_frames, decode_latents, tile_size=tile, tile_order=order)
 
 
