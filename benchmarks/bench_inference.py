@@ -13,7 +13,8 @@ With ``--device meta`` nothing is computed: the peak tensor bytes of every mode 
 size in seconds (no times, no deviations), which is how the 720p peaks of full-size models are
 checked without a GPU. Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, and on the CPU the most tensor bytes
 alive at once (cvvae.inference.memory.PeakMemory: deterministic, unlike process RSS, which the
-allocator and other processes blur). Times are medians over ``--repeats`` runs after a warm-up.
+allocator and other processes blur), counted in a run of its own (see Meter). Times are medians
+over ``--repeats`` runs after a warm-up.
 Deviation: max |latent - full-pass latent|, and PSNR of each mode's decoded video against the
 full pass decoding the full-pass latents.
 
@@ -82,7 +83,13 @@ def synthetic_clip(frames: int, height: int, width: int, seed: int = 0) -> torch
 
 class Meter:
     """Median time and peak memory of a callable on ``device`` (on ``meta`` the peak only: the
-    time is None)."""
+    time is None).
+
+    Every run is preceded by a warm-up, even for one repeat: oneDNN / cuDNN set up each new
+    shape once, and without it the first mode to meet a shape pays for every later one. Off the
+    GPU the peak comes from one more run under :class:`PeakMemory`, not from the timed runs: the
+    meter sees every op in Python, which would slow the modes with many small ops (tiles) most.
+    """
 
     def __init__(self, device: torch.device, repeats: int):
         self.device, self.repeats = device, repeats
@@ -92,27 +99,29 @@ class Meter:
             torch.cuda.synchronize()
 
     def __call__(self, fn):
-        if self.repeats > 1:
-            fn()  # warm-up (cuDNN autotuning, allocator)
+        cuda = self.device.type == "cuda"
         times, peak, out = [], 0, None
-        for _ in range(self.repeats):
-            out = None
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-            self._sync()
-            start = time.perf_counter()
-            if self.device.type == "cuda":
+        if self.device.type != "meta":
+            fn()
+            for _ in range(self.repeats):
+                out = None
+                if cuda:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                self._sync()
+                start = time.perf_counter()
                 out = fn()
                 self._sync()
-                peak = max(peak, torch.cuda.max_memory_allocated() - base)
-            else:
-                with PeakMemory() as meter:
-                    out = fn()
-                peak = max(peak, meter.peak_bytes)
-            times.append(time.perf_counter() - start)
-        return out, None if self.device.type == "meta" else statistics.median(times), peak
+                times.append(time.perf_counter() - start)
+                if cuda:
+                    peak = max(peak, torch.cuda.max_memory_allocated() - base)
+        if not cuda:
+            out = None
+            with PeakMemory() as meter:
+                out = fn()
+            peak = meter.peak_bytes
+        return out, statistics.median(times) if times else None, peak
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float | None:
