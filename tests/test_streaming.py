@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from builders import clip_statistics
+from builders import clip_statistics, load_benchmark
 from safetensors.torch import load_file
 
 from cvvae import CVVAE
@@ -161,3 +161,21 @@ def test_peak_memory_on_meta_equals_the_real_run():
             model.decode(z)
         peaks.append(meter.peak_bytes)
     assert peaks[0] > 0 and peaks[1] == peaks[0]
+
+
+@torch.no_grad()
+def test_chunk_sweep_measures_each_direction_against_its_own_full_pass(reference_dir):
+    """bench_chunks: a chunk as long as the clip runs in one call and so equals the full pass of
+    that direction (latents within float error; decoding the full pass's latents, not its own
+    encoder's); shorter chunks with running statistics do not."""
+    bench, inference = load_benchmark("bench_chunks"), load_benchmark("bench_inference")
+    meter = inference.Meter(torch.device("cpu"), 1)
+    model = CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny").eval()
+    x = inference.synthetic_clip(9, 32, 48)
+    encode = bench.sweep(model, x, meter, "encode", [4, 8], None, 2)
+    assert [row["chunk"] for row in encode] == [None, 4, 8] and encode[0]["latent_max_err"] == 0
+    assert encode[2]["latent_max_err"] < 1e-4 < encode[1]["latent_max_err"]
+    decode = bench.sweep(model, x, meter, "decode", [1, 3], None, 2)
+    assert [row["chunk"] for row in decode] == [None, 1, 3] and decode[0]["decoded_psnr"] == float("inf")
+    assert decode[2]["decoded_psnr"] > 80 > decode[1]["decoded_psnr"]
+    assert all(row["peak_ratio"] > 0 and row["time_ratio"] > 0 for row in encode + decode)
