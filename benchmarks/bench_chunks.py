@@ -49,7 +49,7 @@ def sweep(model, x: torch.Tensor, meter: Meter, direction: str, chunks: list[int
             model.enable_tiling(16, chunk, tile_size=tile, tile_levels=tile_levels)
         out, seconds, peak = meter(run)
         rows.append(dict(direction=direction, chunk=chunk, time_s=seconds, peak=peak,
-                         time_ratio=None if seconds is None else seconds / full_s, peak_ratio=peak / full_peak,
+                         time_ratio=seconds / full_s, peak_ratio=peak / full_peak,
                          latent_max_err=float((out - full).abs().max()) if direction == "encode" else None,
                          decoded_psnr=psnr(out, full) if direction == "decode" else None))
     model.disable_tiling()

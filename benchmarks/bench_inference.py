@@ -85,10 +85,11 @@ class Meter:
     """Median time and peak memory of a callable on ``device`` (on ``meta`` the peak only: the
     time is None).
 
-    Every run is preceded by a warm-up, even for one repeat: oneDNN / cuDNN set up each new
+    The timed runs always follow a warm-up, even for one repeat: oneDNN / cuDNN set up each new
     shape once, and without it the first mode to meet a shape pays for every later one. Off the
-    GPU the peak comes from one more run under :class:`PeakMemory`, not from the timed runs: the
-    meter sees every op in Python, which would slow the modes with many small ops (tiles) most.
+    GPU that warm-up is the run that counts the peak under :class:`PeakMemory`, kept out of the
+    timed runs: the meter sees every op in Python, which would slow the modes with many small
+    ops (tiles) most.
     """
 
     def __init__(self, device: torch.device, repeats: int):
@@ -100,27 +101,26 @@ class Meter:
 
     def __call__(self, fn):
         cuda = self.device.type == "cuda"
-        times, peak, out = [], 0, None
-        if self.device.type != "meta":
-            fn()
-            for _ in range(self.repeats):
-                out = None
-                if cuda:
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                    base = torch.cuda.memory_allocated()
-                self._sync()
-                start = time.perf_counter()
-                out = fn()
-                self._sync()
-                times.append(time.perf_counter() - start)
-                if cuda:
-                    peak = max(peak, torch.cuda.max_memory_allocated() - base)
-        if not cuda:
-            out = None
+        if cuda:
+            out, peak = fn(), 0
+        else:
             with PeakMemory() as meter:
                 out = fn()
             peak = meter.peak_bytes
+        times = []
+        for _ in range(0 if self.device.type == "meta" else self.repeats):
+            out = None
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            self._sync()
+            start = time.perf_counter()
+            out = fn()
+            self._sync()
+            times.append(time.perf_counter() - start)
+            if cuda:
+                peak = max(peak, torch.cuda.max_memory_allocated() - base)
         return out, statistics.median(times) if times else None, peak
 
 
