@@ -41,14 +41,16 @@ TILE_ORDERS = ("lockstep", "sequential")
 
 class _Window(NamedTuple):
     """The frames a temporal conv reads in one call: ``frames`` (cache, new frames, padding),
-    ``n`` outputs, ``lead`` / ``tail`` padding frames at its ends, and ``offset``, where the
-    call's new frames start in it."""
+    ``n`` outputs, ``lead`` / ``tail`` padding frames at its ends, ``offset``, where the
+    call's new frames start in it, and ``own``: whether ``frames`` is a new tensor (not a view
+    of the call's input), free to be overwritten."""
 
     frames: torch.Tensor
     n: int
     lead: int
     tail: int
     offset: int
+    own: bool
 
 
 class StreamState:
@@ -109,14 +111,15 @@ class StreamState:
         ``x`` its outputs line up with (the skip). The cache holds ``x`` itself, normalised anew
         on each call, so the skip needs no cache of its own."""
         self._count(norm, x)
-        frames, n, lead, tail, offset = self._window(conv, x)
+        frames, n, lead, tail, offset, own = self._window(conv, x)
         before = conv.pad_spec.time[0]  # in the window: the frame each output is centred on (or ends at)
         if offset <= before and before - offset + n <= x.shape[2]:
             skip = x[:, :, before - offset : before - offset + n]  # a view of what the caller holds anyway
-        else:
-            skip = frames[:, :, before : before + n]  # a view: keeps this call's window
+        else:  # from the window, which is normalised in place below when it is our own
+            skip = frames[:, :, before : before + n]
+            skip = skip.clone() if own else skip
         if n:
-            frames = F.silu(self._normalise(norm, frames), inplace=True)
+            frames = F.silu(self._normalise(norm, frames, inplace=own), inplace=True)
             if conv.pad_spec.time_mode == "zeros":  # padding frames are zeros after the norm, not before
                 frames[:, :, :lead] = 0
                 frames[:, :, frames.shape[2] - tail :] = 0
@@ -127,9 +130,10 @@ class StreamState:
         become its cache."""
         if conv not in self._pending and x.shape[2] == 0:
             self._upstream_done = False
-            return _Window(x, 0, 0, 0, 0)
+            return _Window(x, 0, 0, 0, 0, False)
         offset = self._pending[conv].shape[2] if conv in self._pending else conv.pad_spec.time[0]
-        x, lead, tail = self._with_cache_and_padding(conv, x)
+        joined, lead, tail = self._with_cache_and_padding(conv, x)
+        own, x = joined is not x, joined
         k, s = conv.kernel_size[0], conv.stride[0]
         available = (x.shape[2] - k) // s + 1 if x.shape[2] >= k else 0
         n = available
@@ -141,7 +145,7 @@ class StreamState:
         self._pending[conv] = x[:, :, n * s:].clone()  # a copy: a view would pin the whole chunk
         self._padding[conv] = (max(0, lead - n * s), min(tail, kept))
         read = (n - 1) * s + k if n else 0
-        return _Window(x[:, :, :read], n, min(lead, read), max(0, read - (x.shape[2] - tail)), offset)
+        return _Window(x[:, :, :read], n, min(lead, read), max(0, read - (x.shape[2] - tail)), offset, own)
 
     def _run_window(self, conv: PaddedConv3d, window: torch.Tensor, n: int) -> torch.Tensor:
         if n == 0:
@@ -183,12 +187,13 @@ class StreamState:
         return True
 
     # -- GroupNorm statistics ------------------------------------------------------------
-    def group_norm(self, norm: VideoGroupNorm, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x`` with statistics chosen by ``stats_mode``; accumulate clip totals."""
+    def norm_silu_(self, norm: VideoGroupNorm, x: torch.Tensor) -> torch.Tensor:
+        """``silu(norm(x))``, written over ``x`` (the caller's own), with statistics chosen by
+        ``stats_mode``; accumulate clip totals."""
         if x.shape[2] == 0:
             return x
         self._count(norm, x)
-        return self._normalise(norm, x)
+        return F.silu(self._normalise(norm, x, inplace=True), inplace=True)
 
     def _count(self, norm: VideoGroupNorm, x: torch.Tensor) -> None:
         """Add the moments of ``x`` (of its ``region``) per group to the clip totals (not when the
@@ -197,16 +202,14 @@ class StreamState:
             return
         if self.region is not None:
             x = self.region(x)
-        b, c = x.shape[:2]
-        g = norm.num_groups
-        var, mean = torch.var_mean(x.reshape(b, g, -1), dim=-1, correction=0)
-        chunk = _Moments(x[0, 0].numel() * (c // g), mean.double(), var.double())
+        chunk = _Moments.of_groups(x, norm.num_groups)
         total = self.totals.get(norm)
         self.totals[norm] = chunk if total is None else total.merge(chunk)
         self._latest[norm] = chunk
 
-    def _normalise(self, norm: VideoGroupNorm, x: torch.Tensor) -> torch.Tensor:
-        """``x`` normalised by ``stats_mode``'s statistics (``"chunk"``: the latest call's)."""
+    def _normalise(self, norm: VideoGroupNorm, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``x`` normalised by ``stats_mode``'s statistics (``"chunk"``: the latest call's), in
+        place when ``inplace`` (no new activation-sized tensor)."""
         b, c = x.shape[:2]
         g = norm.num_groups
         if self.stats_mode == "frozen":
@@ -218,7 +221,10 @@ class StreamState:
         scale = norm.weight.double().view(1, g, c // g) * rstd.unsqueeze(-1)
         shift = norm.bias.double().view(1, g, c // g) - mean.unsqueeze(-1) * scale
         view = (b, c) + (1,) * (x.dim() - 2)
-        return torch.addcmul(shift.reshape(view).to(x.dtype), x, scale.reshape(view).to(x.dtype))
+        scale, shift = scale.reshape(view).to(x.dtype), shift.reshape(view).to(x.dtype)
+        if inplace:
+            return x.mul_(scale).add_(shift)
+        return torch.addcmul(shift, x, scale)
 
     def clip_stats(self) -> dict:
         """Per-norm ``(mean, var)`` of everything seen in this pass, ``(B, G)`` float64."""
@@ -234,6 +240,19 @@ class _Moments:
 
     def __init__(self, count: int, mean: torch.Tensor, var: torch.Tensor):
         self.count, self.mean, self.var = count, mean, var
+
+    @staticmethod
+    def of_groups(x: torch.Tensor, groups: int) -> _Moments:
+        """Moments per group of ``x (B, C, ...)`` (float64 ``(B, groups)``), from float32 sums and
+        sums of squares along rows, pooled in float64: a few times faster than ``torch.var_mean``
+        on the CPU, as precise, and no copy of a strided region."""
+        b, c = x.shape[:2]
+        sums = x.sum(dim=-1, dtype=torch.float32).double().reshape(b, groups, -1).sum(-1)
+        squares = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).double().square()
+        squares = squares.reshape(b, groups, -1).sum(-1)
+        count = x[0, 0].numel() * (c // groups)
+        mean = sums / count
+        return _Moments(count, mean, (squares / count - mean.square()).clamp_min(0))
 
     def merge(self, other: _Moments) -> _Moments:
         n = self.count + other.count

@@ -201,13 +201,8 @@ class FrameConv2d(nn.Module):
 
 
 class VideoGroupNorm(nn.GroupNorm):
-    """GroupNorm over channels-in-group x T x H x W; under chunked execution the statistics
-    come from the stream state (see :mod:`cvvae.inference.streaming`)."""
-
-    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
-        if stream is None:
-            return super().forward(x)
-        return stream.group_norm(self, x)
+    """GroupNorm over channels-in-group x T x H x W; under chunked execution the stream state
+    normalises with its statistics instead (see :mod:`cvvae.inference.streaming`)."""
 
 
 class ResnetBlock(nn.Module):
@@ -240,7 +235,10 @@ class ResnetBlock(nn.Module):
             h, skip = self.conv1(F.silu(self.norm1(x))), x
         else:  # chunked: the non-causal conv1 lags behind, the skip is lined up with it
             h, skip = stream.block_conv(self.conv1, self.norm1, x)
-        h = self.conv2(self.dropout(F.silu(self.norm2(h, stream))))
+        if stream is None:
+            h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        else:  # h is this block's own: normalised in place
+            h = self.conv2(self.dropout(stream.norm_silu_(self.norm2, h)))
         if self.nin_shortcut is not None:
             skip = self.nin_shortcut(skip) if skip.shape[2] else _no_frames(skip, self.nin_shortcut.out_channels)
         return skip + h

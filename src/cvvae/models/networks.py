@@ -189,7 +189,7 @@ class Decoder(nn.Module):
             for block in self.up[level].block:
                 x = _run(block, x, use_ckpt) if stream is None else block(x, stream)
         if 0 in levels:
-            x = self.conv_out(F.silu(self.norm_out(x, stream)), stream)
+            x = self.conv_out(F.silu(self.norm_out(x)) if stream is None else stream.norm_silu_(self.norm_out, x), stream)
         return x
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
