@@ -143,24 +143,27 @@ def compiled_networks(model: CVVAE):
         model.encoder, model.decoder = encoder, decoder
 
 
-def our_variants(ours: list[str], tiles: list[int], levels: list[int],
-                 orders: list[str]) -> dict[str, tuple[str, int | None, int, str]]:
-    """Mode label -> (statistics plan, tile size or None, tiled levels, tile order) for every
-    combination; a tile of 0 means whole frames (labels get ``-tileN``, ``-LN`` for more than
-    one level count, and ``-sequential``)."""
+def our_variants(ours: list[str], tiles: list[int], levels: list[int], orders: list[str],
+                 samplings: list[int] = (3,)) -> dict[str, tuple[str, int | None, int, str, int]]:
+    """Mode label -> (statistics plan, tile size or None, tiled levels, tile order, tile
+    sampling) for every combination; a tile of 0 means whole frames (labels get ``-tileN``,
+    ``-LN`` for more than one level count, ``-sequential``, and ``-samplingN`` for more than one
+    sampling)."""
     variants = {}
     for name in ours:
         for tile in tiles or [0]:
             for n in levels if tile else levels[:1]:
                 for order in orders if tile else orders[:1]:
-                    label = (name + (f"-tile{tile}" if tile else "") + (f"-L{n}" if tile and len(levels) > 1 else "")
-                             + ("-sequential" if tile and order == "sequential" else ""))
-                    variants[label] = (name, tile or None, n, order)
+                    for sampling in samplings if tile else samplings[:1]:
+                        label = (name + (f"-tile{tile}" if tile else "") + (f"-L{n}" if tile and len(levels) > 1 else "")
+                                 + ("-sequential" if tile and order == "sequential" else "")
+                                 + (f"-sampling{sampling}" if tile and len(samplings) > 1 else ""))
+                        variants[label] = (name, tile or None, n, order, sampling)
     return variants
 
 
 def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, int], with_reference: bool,
-              ours: dict[str, tuple[str, int | None, int, str]], compile_full: bool = False,
+              ours: dict[str, tuple[str, int | None, int, str, int]], compile_full: bool = False,
               budgets: list[float] = ()) -> list[dict]:
     """Rows of time, peak and deviation: the full pass, then ``full-compiled`` and ``reference`` if
     asked, then each of ``ours`` (see :func:`our_variants`), then the plan of each memory budget
@@ -178,15 +181,16 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
         modes["full-compiled"] = (lambda: model.encode(x).latent_dist.parameters, lambda z: model.decode(z).sample)
     if with_reference:
         modes["reference"] = (lambda: reference_encode(model, x), lambda z: reference_decode(model, z))
-    for label, (name, tile, levels, order) in ours.items():
+    for label, (name, tile, levels, order, sampling) in ours.items():
         enc_stats, dec_stats = STATS[name]
+        tiling = dict(tile_size=tile, tile_levels=levels, tile_order=order, tile_sampling=sampling)
 
-        def enc(stats=enc_stats, tile=tile, levels=levels, order=order):
-            model.enable_tiling(*chunks, encode_stats=stats, tile_size=tile, tile_levels=levels, tile_order=order)
+        def enc(stats=enc_stats, tiling=tiling):
+            model.enable_tiling(*chunks, encode_stats=stats, **tiling)
             return model.encode(x).latent_dist.parameters
 
-        def dec(z, stats=dec_stats, tile=tile, levels=levels, order=order):
-            model.enable_tiling(*chunks, decode_stats=stats, tile_size=tile, tile_levels=levels, tile_order=order)
+        def dec(z, stats=dec_stats, tiling=tiling):
+            model.enable_tiling(*chunks, decode_stats=stats, **tiling)
             return model.decode(z).sample
 
         modes[label] = (enc, dec)
@@ -259,6 +263,8 @@ def main() -> None:
                         help="how many full-resolution levels the tiles cut (CVVAE.enable_tiling), one mode each")
     parser.add_argument("--tile-order", nargs="+", default=["lockstep"], choices=["lockstep", "sequential"],
                         help="tiles advancing together or one at a time (CVVAE.enable_tiling), one mode each")
+    parser.add_argument("--tile-sampling", type=int, nargs="+", default=[3],
+                        help="lockstep tiles: sample each call on crops of 1/N of a tile's side (0: off), one mode each")
     parser.add_argument("--budget", type=float, nargs="*", default=[],
                         help="memory budgets in GiB (CVVAE.set_memory_budget), one mode each")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")
@@ -274,7 +280,7 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes] if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     repeats = args.repeats or (1 if args.quick else 3)
     meter = Meter(device, repeats)
-    results = {"chunks": args.chunks, "tile": args.tile, "tile_levels": args.tile_levels, "tile_order": args.tile_order, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    results = {"chunks": args.chunks, "tile": args.tile, "tile_levels": args.tile_levels, "tile_order": args.tile_order, "tile_sampling": args.tile_sampling, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "torch": torch.__version__, "dtype": args.dtype, "repeats": repeats,
                "channels_last": args.channels_last, "compile": args.compile, "command": " ".join(sys.argv), "rows": []}
     header = f"{'model':10} {'size':>14} {'mode':>22} {'enc s':>8} {'dec s':>8} {'enc MiB':>9} {'dec MiB':>9} {'lat err':>8} {'PSNR':>6}"
@@ -290,7 +296,7 @@ def main() -> None:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             try:
                 rows = run_modes(model, x, meter, tuple(args.chunks), not args.no_reference,
-                                 our_variants(args.ours, args.tile, args.tile_levels, args.tile_order), args.compile, args.budget)
+                                 our_variants(args.ours, args.tile, args.tile_levels, args.tile_order, args.tile_sampling), args.compile, args.budget)
             except torch.OutOfMemoryError:
                 rows = [dict(mode="full", error="out of memory")]
                 torch.cuda.empty_cache()

@@ -181,10 +181,10 @@ def test_memory_budget_tiles_the_frame_when_a_chunk_does_not_fit():
 
 
 @torch.no_grad()
-def test_memory_budget_left_over_buys_longer_encoder_chunks(reference_dir, monkeypatch, caplog):
-    """With tiles in lockstep, what the budget leaves above their caches goes to longer encoder
-    chunks (closer statistics), up to the whole clip, and the counted peak (meta device, fused
-    attention) stays within it."""
+def test_memory_budget_left_over_buys_sampling_then_longer_encoder_chunks(reference_dir, monkeypatch, caplog):
+    """With tiles in lockstep, what the budget leaves above their caches goes first to sampling
+    each call on crops, then to longer encoder chunks (closer statistics), and the counted peak
+    (meta device, fused attention) stays within it."""
     import torch.nn.functional as F
 
     from cvvae.inference.memory import PeakMemory
@@ -193,7 +193,7 @@ def test_memory_budget_left_over_buys_longer_encoder_chunks(reference_dir, monke
     load_benchmark("bench_inference").count_fused_attention_on_meta()
     model = torch.nn.Module.to(CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny"), "meta", torch.bfloat16).eval()
     x = torch.empty(1, 3, 33, 360, 640, device="meta", dtype=torch.bfloat16)
-    chunks = []
+    chunks, sampled = [], []
     for gib in (0.3, 0.4, 0.6):
         caplog.clear()
         model.set_memory_budget(gib)
@@ -202,7 +202,9 @@ def test_memory_budget_left_over_buys_longer_encoder_chunks(reference_dir, monke
         assert 0 < meter.peak_bytes <= gib * 2**30, (gib, meter.peak_bytes / 2**30)
         assert "spatial tiles" in caplog.text and "(lockstep)" in caplog.text
         chunks.append(int(caplog.text.split("encode: ")[1].split(" frames per chunk")[0]))
-    assert chunks[0] < chunks[1] < chunks[2] == 32, chunks
+        sampled.append("sampled on crops" in caplog.text)
+    assert sampled == [False, True, True]
+    assert chunks[0] < chunks[1] < chunks[2], chunks
     model.disable_tiling()
 
 

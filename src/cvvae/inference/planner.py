@@ -32,6 +32,11 @@ TILED_FRAMES = {"encode": 12, "decode": 30}
 # live C0 x tile x tile tensors (tile with its halos) per encoder chunk frame beyond the smallest
 # chunk, tiles of half the shorter side in lockstep (the coarse levels' whole frames included)
 TILED_CHUNK_COPIES = 3
+# tiles sampled on crops (streaming.TileSampler, a third of a tile's side): the crops' batch and
+# caches add up to this share to the lockstep peak (counted on meta at 17x720p: 5-9% for the tiny
+# reference models, 9-14% for the full-size SD 2.1 / SD3 architectures)
+SAMPLING_OVERHEAD = 0.15
+SAMPLING = 3
 MIN_TILE = 128
 TILE_HALO = 32  # video pixels around a tile, for the estimates (16 / 24 for the released models)
 MIN_ENCODE_FRAMES = 4
@@ -55,6 +60,7 @@ class ChunkPlan:
     tile_size: int | None = None  # spatial tiles of about this many video pixels ...
     tile_levels: int = 2  # ... for this many full-resolution levels (streaming.encoder_parts) ...
     tile_order: str = "lockstep"  # ... all advancing together, or one at a time (streaming.run_parts)
+    tile_sampling: int = SAMPLING  # lockstep, running: each call samples the tiles on crops of 1/3 their side
 
     def __post_init__(self):
         if self.encode_frames < MIN_ENCODE_FRAMES or self.encode_frames % 4:
@@ -65,6 +71,8 @@ class ChunkPlan:
             raise ValueError(f"tile_size must be >= 64 pixels, got {self.tile_size}")
         if self.tile_levels < 1:
             raise ValueError(f"tile_levels must be >= 1, got {self.tile_levels}")
+        if self.tile_sampling < 0:
+            raise ValueError(f"tile_sampling must be >= 0 (0: off), got {self.tile_sampling}")
         if self.tile_order not in TILE_ORDERS:
             raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {self.tile_order!r}")
         for stats in (self.encode_stats, self.decode_stats):
@@ -73,15 +81,17 @@ class ChunkPlan:
 
 
 def tiled_peak(frames: int, height: int, width: int, base_channels: int, top_channels: int, itemsize: int,
-               direction: str, tile: int, encode_frames: int = MIN_ENCODE_FRAMES) -> float:
+               direction: str, tile: int, encode_frames: int = MIN_ENCODE_FRAMES, sampled: bool = True) -> float:
     """Estimated peak bytes of ``direction`` with ``tile``-pixel tiles advancing in lockstep
-    (mostly their caches), the encoder taking ``encode_frames`` per chunk."""
+    (mostly their caches), the encoder taking ``encode_frames`` per chunk, each call
+    ``sampled`` on crops first or not."""
     caches = itemsize * base_channels * height * width * TILED_FRAMES[direction]
     longer = 0.0
     if direction == "encode":
         padded = (min(tile, height) + 2 * TILE_HALO) * (min(tile, width) + 2 * TILE_HALO)
         longer = itemsize * base_channels * padded * TILED_CHUNK_COPIES * (encode_frames - MIN_ENCODE_FRAMES)
-    return _whole(frames, height * width, top_channels, itemsize) + caches + longer
+    peak = _whole(frames, height * width, top_channels, itemsize) + caches + longer
+    return peak * (1 + SAMPLING_OVERHEAD) if sampled else peak
 
 
 def _whole(frames: int, pixels: int, top_channels: int, itemsize: int) -> float:
@@ -103,19 +113,22 @@ def plan_for_budget(
     (``"encode"`` or ``"decode"``) runs on a ``frames x height x width`` clip
     (``base_channels``/``top_channels``: widths of the first and last level); if even 4-frame /
     1-latent chunks do not fit, tiles of half the frame's shorter side too (peak about
-    :func:`tiled_peak`; the encoder's chunks as long as the rest of the budget allows, up to
-    the clip), and below that, tiles one at a time, sized to the budget."""
+    :func:`tiled_peak`; sampled on crops if that fits too; the encoder's chunks as long as the
+    rest of the budget allows, up to the clip), and below that, tiles one at a time, sized to
+    the budget."""
     pixels = height * width
     whole = _whole(frames, pixels, top_channels, itemsize)
     per_pixel_frame = itemsize * ACTIVATION_COPIES[direction] * base_channels
     room = max(0.0, budget_bytes - whole) / (per_pixel_frame * pixels) - 2  # two cached frames ride along
     encode_frames = max(MIN_ENCODE_FRAMES, int(room) // 4 * 4)
     decode_latents = max(1, int(room) // 4)
-    tile, order = None, "lockstep"
+    tile, order, sampling = None, "lockstep", SAMPLING
     if room < MIN_ENCODE_FRAMES:  # even the smallest chunk is too big: tile the frame too
         tile = max(MIN_TILE, min(height, width) // 2 // 8 * 8)
         shape = (frames, height, width, base_channels, top_channels, itemsize, direction, tile)
-        if budget_bytes < tiled_peak(*shape):
+        if tiled_peak(*shape, sampled=False) <= budget_bytes < tiled_peak(*shape):
+            sampling = 0  # the crops do not fit: the tiles alone
+        elif budget_bytes < tiled_peak(*shape):
             order = "sequential"  # all tiles' caches do not fit: one tile at a time, and the clip kept between
             kept = whole + itemsize * top_channels * frames * pixels // 32
             area = max(0.0, budget_bytes - kept) / (per_pixel_frame * (MIN_ENCODE_FRAMES + 2))
@@ -127,9 +140,9 @@ def plan_for_budget(
         if tile >= max(height, width):
             tile = None
         elif order == "lockstep":  # what the caches leave: longer encoder chunks
-            while encode_frames + 4 < frames and budget_bytes >= tiled_peak(*shape, encode_frames + 4):
+            while encode_frames + 4 < frames and budget_bytes >= tiled_peak(*shape, encode_frames + 4, sampling > 0):
                 encode_frames += 4
-    return ChunkPlan(encode_frames, decode_latents, tile_size=tile, tile_order=order)
+    return ChunkPlan(encode_frames, decode_latents, tile_size=tile, tile_order=order, tile_sampling=sampling)
 
 
 def describe_plan(plan: ChunkPlan, direction: str) -> str:
@@ -143,4 +156,6 @@ def describe_plan(plan: ChunkPlan, direction: str) -> str:
     line = f"{direction}: {chunks}, {stats} statistics"
     if plan.tile_size:
         line += f", spatial tiles of {plan.tile_size} px at the {plan.tile_levels} finest levels ({plan.tile_order})"
+        if plan.tile_order == "lockstep" and stats != "chunk" and plan.tile_sampling:
+            line += f", sampled on crops of 1/{plan.tile_sampling} of their side"
     return line

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.layers import PaddedConv3d, VideoGroupNorm
-from .tiling import Tile, decoder_halo, encoder_halo, tile_grid, tiled_scale
+from .tiling import Tile, centre_crops, decoder_halo, encoder_halo, tile_grid, tiled_scale
 
 STATS_MODES = ("two_pass", "running", "chunk")
 TILE_ORDERS = ("lockstep", "sequential")
@@ -63,7 +63,9 @@ class StreamState:
     the rest waits for the next call (at the end of the clip, calls
     with no new frames drain it), so the frames that the non-causal decoder holds back never
     all flow at once. ``totals`` (clip moments per norm) may be shared by several states;
-    ``region`` picks the part of an activation whose moments count (a tile's own region).
+    ``region`` picks the part of an activation whose moments count (a tile's own region);
+    ``pool > 1``: the batch stacks that many samples (crops), normalised with their pooled
+    moments, each sample's moments kept in ``samples`` (the latest call's, per norm).
     """
 
     def __init__(
@@ -73,9 +75,13 @@ class StreamState:
         max_latents: int | None = None,
         totals: dict | None = None,
         region: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        pool: int = 1,
     ):
         self.stats_mode = stats_mode
         self.region = region
+        self.pool = pool
+        self.samples: dict[nn.Module, _Moments] = {}  # with pool > 1: each sample's latest moments
+        self._unseen: Callable[[nn.Module], _Moments | None] | None = None
         self.frozen_stats = frozen_stats or {}
         self.max_latents = max_latents
         self.totals: dict[nn.Module, _Moments] = {} if totals is None else totals  # may be shared
@@ -86,9 +92,12 @@ class StreamState:
         self._started: set[nn.Module] = set()
         self._ended: set[nn.Module] = set()
 
-    def begin_call(self, final: bool) -> None:
-        """Start one call of the network; ``final``: no new input frames will follow."""
+    def begin_call(self, final: bool, unseen: Callable[[nn.Module], _Moments | None] | None = None) -> None:
+        """Start one call of the network; ``final``: no new input frames will follow.
+        ``unseen(norm)``, when given: moments of what this call brings but this state does not
+        see (other tiles), merged into its running statistics for this call."""
         self._upstream_done = final
+        self._unseen = unseen
 
     @property
     def upstream_done(self) -> bool:
@@ -203,6 +212,9 @@ class StreamState:
         if self.region is not None:
             x = self.region(x)
         chunk = _Moments.of_groups(x, norm.num_groups)
+        if self.pool > 1:
+            self.samples[norm] = chunk
+            chunk = chunk.pooled(self.pool)
         total = self.totals.get(norm)
         self.totals[norm] = chunk if total is None else total.merge(chunk)
         self._latest[norm] = chunk
@@ -216,7 +228,11 @@ class StreamState:
             mean, var = self.frozen_stats[norm]
         else:
             use = self._latest[norm] if self.stats_mode == "chunk" else self.totals[norm]
+            unseen = None if self._unseen is None or self.stats_mode != "running" else self._unseen(norm)
+            use = use if unseen is None else use.merge(unseen)
             mean, var = use.mean, use.var
+        if self.pool > 1:
+            mean, var = mean.repeat(self.pool, 1), var.repeat(self.pool, 1)
         rstd = torch.rsqrt(var + norm.eps)
         scale = norm.weight.double().view(1, g, c // g) * rstd.unsqueeze(-1)
         shift = norm.bias.double().view(1, g, c // g) - mean.unsqueeze(-1) * scale
@@ -254,6 +270,19 @@ class _Moments:
         mean = sums / count
         return _Moments(count, mean, (squares / count - mean.square()).clamp_min(0))
 
+    def pooled(self, samples: int) -> _Moments:
+        """The moments of ``samples`` sets stacked along the batch ``(samples * B, G)``, pooled:
+        ``(B, G)``."""
+        b = self.mean.shape[0] // samples
+        parts = [_Moments(self.count, self.mean[i * b:(i + 1) * b], self.var[i * b:(i + 1) * b])
+                 for i in range(samples)]
+        return functools.reduce(_Moments.merge, parts)
+
+    def sample(self, i: int, samples: int, count: int) -> _Moments:
+        """Sample ``i`` of ``samples`` stacked along the batch, standing for ``count`` values."""
+        b = self.mean.shape[0] // samples
+        return _Moments(count, self.mean[i * b:(i + 1) * b], self.var[i * b:(i + 1) * b])
+
     def merge(self, other: _Moments) -> _Moments:
         n = self.count + other.count
         delta = other.mean - self.mean
@@ -286,12 +315,17 @@ class Stage:
     caches) and writes the tile's own region into the output; ``scale = (num, den)`` maps input
     to output pixels. GroupNorm statistics count only own regions, so tiles pool exactly the
     whole frame's. ``new_state(tile)`` makes a state (``tile=None`` for whole frames).
+    ``sampling`` (with running statistics): each call first samples the tiles' moments on
+    crops of ``1 / sampling`` of their side (:class:`TileSampler`); 0: no sampling.
     """
 
     def __init__(self, part: Callable, tiles: list[Tile] | None, scale: tuple[int, int],
-                 new_state: Callable[[Tile | None], StreamState]):
+                 new_state: Callable[[Tile | None], StreamState], sampling: int = 0):
         self.part, self.tiles, self.scale = part, tiles, scale
         self.states = [new_state(tile) for tile in tiles] if tiles else [new_state(None)]
+        running = self.states[0].stats_mode == "running"
+        self.sampler = TileSampler(part, tiles, scale[1], sampling, self.states[0].max_latents) \
+            if tiles and sampling and running else None
 
     def __call__(self, x: torch.Tensor, final: bool) -> tuple[torch.Tensor, bool]:
         """The part's output for chunk ``x`` and whether it is final (everything flushed)."""
@@ -299,13 +333,65 @@ class Stage:
             state = self.states[0]
             state.begin_call(final)
             return self.part(x, state), state.upstream_done
+        priors = self.sampler(x, final) if self.sampler is not None else [None] * len(self.tiles)
         out, done = None, True
-        for tile, state in zip(self.tiles, self.states, strict=True):
-            state.begin_call(final)
+        for tile, state, prior in zip(self.tiles, self.states, priors, strict=True):
+            state.begin_call(final, prior)
             y = self.part(x[..., tile.padded[0], tile.padded[1]], state)
             done = done and state.upstream_done
             out = _place(out, y, tile, x.shape[3:], self.scale)
         return out, done
+
+
+class TileSampler:
+    """Samples the moments of every tile of a call before the tiles run, so that no tile is
+    normalised with its own region alone.
+
+    Each call first runs the part on one crop at the centre of each tile (side ``1 / sampling``
+    of the tile's, with the tiles' halo; :func:`~cvvae.inference.tiling.centre_crops`), all
+    crops as one batch with caches of their own and normalised with their pooled moments. Tile
+    ``j`` is then normalised with what the earlier calls and tiles ``0..j`` counted plus, for
+    each later tile, its crop's moments standing for the tile's area (a stratified estimate of
+    the whole frame's). Costs about ``(1 / sampling)**2`` of the tiled part, plus halos.
+    """
+
+    def __init__(self, part: Callable, tiles: list[Tile], align: int, sampling: int, max_latents: int | None):
+        self.part, self.tiles, self.align, self.sampling = part, tiles, align, sampling
+        self.max_latents = max_latents
+        self.crops: list[Tile] | None = None  # made on the first call, when the frame size is known
+        self.state: StreamState | None = None
+
+    def __call__(self, x: torch.Tensor, final: bool) -> list[Callable[[nn.Module], _Moments | None] | None]:
+        """Per tile: the moments of the tiles after it in this call, by norm (``None`` where no
+        crop fits the frame or the chunk has no frames)."""
+        if self.crops is None:
+            self.crops = centre_crops(self.tiles, x.shape[3:], self.align, self.sampling) or []
+            if self.crops:
+                self.state = StreamState("running", max_latents=self.max_latents,
+                                         region=self.crops[0].own_part, pool=len(self.crops))
+        if not self.crops or x.shape[2] == 0:
+            return [None] * len(self.tiles)
+        state, n = self.state, len(self.crops)
+        state.begin_call(final)
+        self.part(torch.cat([x[..., c.padded[0], c.padded[1]] for c in self.crops], dim=0), state)
+        sampled = state.samples
+        state.samples = {}
+        ratios = [_area(t.own) / _area(c.own) for t, c in zip(self.tiles, self.crops, strict=True)]
+
+        def after(j: int) -> Callable[[nn.Module], _Moments | None]:
+            def moments(norm: nn.Module) -> _Moments | None:
+                crops = sampled.get(norm)
+                if crops is None or j + 1 == n:
+                    return None
+                later = [crops.sample(k, n, round(crops.count * ratios[k])) for k in range(j + 1, n)]
+                return functools.reduce(_Moments.merge, later)
+            return moments
+
+        return [after(j) for j in range(n)]
+
+
+def _area(region: tuple[slice, slice]) -> int:
+    return (region[0].stop - region[0].start) * (region[1].stop - region[1].start)
 
 
 def _place(out: torch.Tensor | None, y: torch.Tensor, tile: Tile, size: tuple[int, int],
@@ -325,11 +411,12 @@ Part = tuple[Callable, list[Tile] | None, tuple[int, int]]  # (part, tiles or No
 
 
 def _chunked_pass(parts: list[Part], chunks: list[torch.Tensor], stats_mode: str, max_latents: int,
-                  frozen: dict | None = None) -> tuple[Iterator[torch.Tensor], dict]:
-    """The calls of one chunked pass through ``parts`` in order, and the clip totals it fills."""
+                  frozen: dict | None = None, sampling: int = 0) -> tuple[Iterator[torch.Tensor], dict]:
+    """The calls of one chunked pass through ``parts`` in order, and the clip totals it fills
+    (tiled parts with ``sampling``, see :class:`Stage`)."""
     totals: dict = {}
     new_state = _state_factory(stats_mode, frozen, max_latents, totals)
-    stages = [Stage(part, tiles, scale, new_state) for part, tiles, scale in parts]
+    stages = [Stage(part, tiles, scale, new_state, sampling) for part, tiles, scale in parts]
 
     def step(chunk: torch.Tensor, final: bool) -> tuple[torch.Tensor, bool]:
         for stage in stages:
@@ -365,7 +452,8 @@ def _collect(calls: Iterator[torch.Tensor], out_frames: int | None = None) -> to
 
 
 def run_parts(parts: list[Part], chunks: list[torch.Tensor], stats: str, out_frames: int,
-              max_latents: int, frozen: dict | None = None, order: str = "lockstep") -> torch.Tensor:
+              max_latents: int, frozen: dict | None = None, order: str = "lockstep",
+              sampling: int = 0) -> torch.Tensor:
     """Run a trunk, cut into ``parts`` (each on whole frames or tiles, see :class:`Stage`), over
     consecutive time chunks of one clip; the output has ``out_frames`` frames; ``max_latents``
     caps each conv's output per call. ``stats`` is the statistics mode (module docstring);
@@ -374,7 +462,8 @@ def run_parts(parts: list[Part], chunks: list[torch.Tensor], stats: str, out_fra
     ``order``: ``"lockstep"``, every call runs all parts, tiles one after the other
     (:class:`Stage`: all tiles' caches stay alive); ``"sequential"``, each part over the whole
     clip in turn and a tiled part tile by tile (:func:`_part_by_part`: one tile's caches alive,
-    the clip kept between parts), always with two passes of statistics.
+    the clip kept between parts), always with two passes of statistics. ``sampling``: lockstep
+    tiles with running statistics sample each call's moments first (:class:`TileSampler`).
     """
     if stats not in STATS_MODES:
         raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
@@ -388,12 +477,12 @@ def run_parts(parts: list[Part], chunks: list[torch.Tensor], stats: str, out_fra
             raise RuntimeError(f"chunked pass produced {out.shape[2]} frames, expected {out_frames}")
         return out
     if frozen is None and stats == "two_pass":
-        calls, totals = _chunked_pass(parts, chunks, "running", max_latents)
+        calls, totals = _chunked_pass(parts, chunks, "running", max_latents, sampling=sampling)
         for _ in calls:  # statistics only: each call's output is dropped at once
             pass
         frozen = _as_stats(totals)
     mode = "frozen" if frozen is not None else stats
-    calls, _ = _chunked_pass(parts, chunks, mode, max_latents, frozen)
+    calls, _ = _chunked_pass(parts, chunks, mode, max_latents, frozen, sampling)
     return _collect(calls, out_frames)
 
 
@@ -472,29 +561,30 @@ def decoder_parts(decoder: nn.Module, height: int, width: int, tile: int | None,
 @torch.no_grad()
 def encode_moments(
     encoder: nn.Module, x: torch.Tensor, chunk_frames: int, stats: str, tile: int | None = None,
-    tile_levels: int = 2, tile_order: str = "lockstep",
+    tile_levels: int = 2, tile_order: str = "lockstep", tile_sampling: int = 0,
 ) -> torch.Tensor:
     """Encoder moments of ``(B, 3, 1 + 4k, H, W)`` with the trunk run ``chunk_frames`` at a time
     (its first ``tile_levels`` levels over ``tile``-pixel spatial tiles with halos, in
-    ``tile_order``, when given)."""
+    ``tile_order``, sampled per call with ``tile_sampling`` (see :class:`Stage`), when given)."""
     latent_frames = 1 + (x.shape[2] - 1) // 4
     per_chunk = max(4, chunk_frames) // 4 + 1  # the first chunk's 1 + n frames pass in one call
     parts = encoder_parts(encoder, x.shape[3], x.shape[4], tile, tile_levels)
     h = run_parts(parts, split_encoder_input(x, chunk_frames), stats, latent_frames, per_chunk,
-                  order=tile_order)
+                  order=tile_order, sampling=tile_sampling)
     return encoder.head(h)
 
 
 @torch.no_grad()
 def decode_latents(
     decoder: nn.Module, z: torch.Tensor, chunk_latents: int, stats: str, tile: int | None = None,
-    tile_levels: int = 2, tile_order: str = "lockstep",
+    tile_levels: int = 2, tile_order: str = "lockstep", tile_sampling: int = 0,
 ) -> torch.Tensor:
     """Decoded video of latents ``(B, C, t, h, w)``, the trunk run ``chunk_latents`` latent
     frames at a time (its last ``tile_levels`` levels over ``tile``-pixel output tiles with
-    halos, in ``tile_order``, when given)."""
+    halos, in ``tile_order``, sampled per call with ``tile_sampling``, when given)."""
     frames = 1 + 4 * (z.shape[2] - 1)
     h = decoder.head(z)
     size = 2 ** (len(decoder.up) - 1)
     parts = decoder_parts(decoder, h.shape[3] * size, h.shape[4] * size, tile, tile_levels)
-    return run_parts(parts, split_time(h, chunk_latents), stats, frames, chunk_latents, order=tile_order)
+    return run_parts(parts, split_time(h, chunk_latents), stats, frames, chunk_latents, order=tile_order,
+                     sampling=tile_sampling)
