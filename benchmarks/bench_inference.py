@@ -144,11 +144,11 @@ def compiled_networks(model: CVVAE):
 
 
 def our_variants(ours: list[str], tiles: list[int], levels: list[int], orders: list[str],
-                 samplings: list[int] = (3,)) -> dict[str, tuple[str, int | None, int, str, int]]:
+                 samplings: list[str] = ("0,3",)) -> dict[str, tuple[str, int | None, int, str, tuple[int, int]]]:
     """Mode label -> (statistics plan, tile size or None, tiled levels, tile order, tile
-    sampling) for every combination; a tile of 0 means whole frames (labels get ``-tileN``,
-    ``-LN`` for more than one level count, ``-sequential``, and ``-samplingN`` for more than one
-    sampling)."""
+    sampling of the encoder and decoder) for every combination; a tile of 0 means whole frames
+    (labels get ``-tileN``, ``-LN`` for more than one level count, ``-sequential``, and
+    ``-samplingE,D`` for more than one sampling)."""
     variants = {}
     for name in ours:
         for tile in tiles or [0]:
@@ -158,12 +158,13 @@ def our_variants(ours: list[str], tiles: list[int], levels: list[int], orders: l
                         label = (name + (f"-tile{tile}" if tile else "") + (f"-L{n}" if tile and len(levels) > 1 else "")
                                  + ("-sequential" if tile and order == "sequential" else "")
                                  + (f"-sampling{sampling}" if tile and len(samplings) > 1 else ""))
-                        variants[label] = (name, tile or None, n, order, sampling)
+                        pair = tuple(int(v) for v in sampling.split(","))
+                        variants[label] = (name, tile or None, n, order, pair)
     return variants
 
 
 def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, int], with_reference: bool,
-              ours: dict[str, tuple[str, int | None, int, str, int]], compile_full: bool = False,
+              ours: dict[str, tuple[str, int | None, int, str, tuple[int, int]]], compile_full: bool = False,
               budgets: list[float] = ()) -> list[dict]:
     """Rows of time, peak and deviation: the full pass, then ``full-compiled`` and ``reference`` if
     asked, then each of ``ours`` (see :func:`our_variants`), then the plan of each memory budget
@@ -183,7 +184,8 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
         modes["reference"] = (lambda: reference_encode(model, x), lambda z: reference_decode(model, z))
     for label, (name, tile, levels, order, sampling) in ours.items():
         enc_stats, dec_stats = STATS[name]
-        tiling = dict(tile_size=tile, tile_levels=levels, tile_order=order, tile_sampling=sampling)
+        tiling = dict(tile_size=tile, tile_levels=levels, tile_order=order, encode_sampling=sampling[0],
+                      decode_sampling=sampling[1])
 
         def enc(stats=enc_stats, tiling=tiling):
             model.enable_tiling(*chunks, encode_stats=stats, **tiling)
@@ -263,8 +265,9 @@ def main() -> None:
                         help="how many full-resolution levels the tiles cut (CVVAE.enable_tiling), one mode each")
     parser.add_argument("--tile-order", nargs="+", default=["lockstep"], choices=["lockstep", "sequential"],
                         help="tiles advancing together or one at a time (CVVAE.enable_tiling), one mode each")
-    parser.add_argument("--tile-sampling", type=int, nargs="+", default=[3],
-                        help="lockstep tiles: sample each call on crops of 1/N of a tile's side (0: off), one mode each")
+    parser.add_argument("--tile-sampling", nargs="+", default=["0,3"], metavar="ENC,DEC",
+                        help="lockstep tiles: encoder's and decoder's calls sampled on crops of 1/N of a tile's side "
+                             "(0: off; CVVAE.enable_tiling), one mode each")
     parser.add_argument("--budget", type=float, nargs="*", default=[],
                         help="memory budgets in GiB (CVVAE.set_memory_budget), one mode each")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")

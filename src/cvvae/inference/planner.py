@@ -36,7 +36,6 @@ TILED_CHUNK_COPIES = 3
 # caches add up to this share to the lockstep peak (counted on meta at 17x720p: 5-9% for the tiny
 # reference models, 9-14% for the full-size SD 2.1 / SD3 architectures)
 SAMPLING_OVERHEAD = 0.15
-SAMPLING = 3
 MIN_TILE = 128
 TILE_HALO = 32  # video pixels around a tile, for the estimates (16 / 24 for the released models)
 MIN_ENCODE_FRAMES = 4
@@ -60,7 +59,10 @@ class ChunkPlan:
     tile_size: int | None = None  # spatial tiles of about this many video pixels ...
     tile_levels: int = 2  # ... for this many full-resolution levels (streaming.encoder_parts) ...
     tile_order: str = "lockstep"  # ... all advancing together, or one at a time (streaming.run_parts)
-    tile_sampling: int = SAMPLING  # lockstep, running: each call samples the tiles on crops of 1/3 their side
+    # lockstep tiles, running statistics: each call first samples the tiles on crops of 1/N of their
+    # side (0: off); it brings the decoder closer, the encoder (one long call) not (docs/performance.md)
+    encode_sampling: int = 0
+    decode_sampling: int = 3
 
     def __post_init__(self):
         if self.encode_frames < MIN_ENCODE_FRAMES or self.encode_frames % 4:
@@ -71,8 +73,8 @@ class ChunkPlan:
             raise ValueError(f"tile_size must be >= 64 pixels, got {self.tile_size}")
         if self.tile_levels < 1:
             raise ValueError(f"tile_levels must be >= 1, got {self.tile_levels}")
-        if self.tile_sampling < 0:
-            raise ValueError(f"tile_sampling must be >= 0 (0: off), got {self.tile_sampling}")
+        if min(self.encode_sampling, self.decode_sampling) < 0:
+            raise ValueError(f"tile sampling must be >= 0 (0: off), got {self.encode_sampling}, {self.decode_sampling}")
         if self.tile_order not in TILE_ORDERS:
             raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {self.tile_order!r}")
         for stats in (self.encode_stats, self.decode_stats):
@@ -122,13 +124,15 @@ def plan_for_budget(
     room = max(0.0, budget_bytes - whole) / (per_pixel_frame * pixels) - 2  # two cached frames ride along
     encode_frames = max(MIN_ENCODE_FRAMES, int(room) // 4 * 4)
     decode_latents = max(1, int(room) // 4)
-    tile, order, sampling = None, "lockstep", SAMPLING
+    tile, order = None, "lockstep"
+    sampling = {"encode": ChunkPlan.encode_sampling, "decode": ChunkPlan.decode_sampling}
     if room < MIN_ENCODE_FRAMES:  # even the smallest chunk is too big: tile the frame too
         tile = max(MIN_TILE, min(height, width) // 2 // 8 * 8)
         shape = (frames, height, width, base_channels, top_channels, itemsize, direction, tile)
-        if tiled_peak(*shape, sampled=False) <= budget_bytes < tiled_peak(*shape):
-            sampling = 0  # the crops do not fit: the tiles alone
-        elif budget_bytes < tiled_peak(*shape):
+        sampled = sampling[direction] > 0
+        if sampled and tiled_peak(*shape, sampled=False) <= budget_bytes < tiled_peak(*shape):
+            sampling[direction] = sampled = 0  # the crops do not fit: the tiles alone
+        elif budget_bytes < tiled_peak(*shape, sampled=sampled):
             order = "sequential"  # all tiles' caches do not fit: one tile at a time, and the clip kept between
             kept = whole + itemsize * top_channels * frames * pixels // 32
             area = max(0.0, budget_bytes - kept) / (per_pixel_frame * (MIN_ENCODE_FRAMES + 2))
@@ -140,22 +144,23 @@ def plan_for_budget(
         if tile >= max(height, width):
             tile = None
         elif order == "lockstep":  # what the caches leave: longer encoder chunks
-            while encode_frames + 4 < frames and budget_bytes >= tiled_peak(*shape, encode_frames + 4, sampling > 0):
+            while encode_frames + 4 < frames and budget_bytes >= tiled_peak(*shape, encode_frames + 4, sampled):
                 encode_frames += 4
-    return ChunkPlan(encode_frames, decode_latents, tile_size=tile, tile_order=order, tile_sampling=sampling)
+    return ChunkPlan(encode_frames, decode_latents, tile_size=tile, tile_order=order,
+                     encode_sampling=sampling["encode"], decode_sampling=sampling["decode"])
 
 
 def describe_plan(plan: ChunkPlan, direction: str) -> str:
     """One line saying how ``direction`` (``"encode"`` or ``"decode"``) runs under ``plan``."""
     if direction == "encode":
-        chunks, stats = f"{plan.encode_frames} frames per chunk", plan.encode_stats
+        chunks, stats, sampling = f"{plan.encode_frames} frames per chunk", plan.encode_stats, plan.encode_sampling
     else:
-        chunks, stats = f"{plan.decode_latents} latent frames per chunk", plan.decode_stats
+        chunks, stats, sampling = f"{plan.decode_latents} latent frames per chunk", plan.decode_stats, plan.decode_sampling
     if plan.tile_size and plan.tile_order == "sequential":
         stats = "two_pass"  # one tile at a time needs the statistics first
     line = f"{direction}: {chunks}, {stats} statistics"
     if plan.tile_size:
         line += f", spatial tiles of {plan.tile_size} px at the {plan.tile_levels} finest levels ({plan.tile_order})"
-        if plan.tile_order == "lockstep" and stats != "chunk" and plan.tile_sampling:
-            line += f", sampled on crops of 1/{plan.tile_sampling} of their side"
+        if plan.tile_order == "lockstep" and stats != "chunk" and sampling:
+            line += f", sampled on crops of 1/{sampling} of their side"
     return line

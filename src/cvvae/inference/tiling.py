@@ -86,9 +86,9 @@ def tile_grid(height: int, width: int, tile: int, halo: int, align: int) -> list
 
 def centre_crops(tiles: list[Tile], size: tuple[int, int], align: int, fraction: int) -> list[Tile] | None:
     """One crop per tile of a ``size`` frame, at the tile's centre, all of one shape: a side of
-    ``1 / fraction`` of the smallest tile's (a multiple of ``align``), the tiles' widest halo on
-    every side, moved inward where that would leave the frame. ``None`` if no such crop fits, or
-    if crops would be narrower than three halos (measured: such crops sample worse than none)."""
+    ``1 / fraction`` of the smallest tile's (a multiple of ``align``) and the tiles' widest halo
+    on every side, which stays inside the tile since the side is at least three halos. ``None``
+    where crops would be narrower than that (measured: such crops sample worse than none)."""
     halo = max(max(t.own[a].start - t.padded[a].start, t.padded[a].stop - t.own[a].stop)
                for t in tiles for a in (0, 1))
     sides = [min(t.own[a].stop - t.own[a].start for t in tiles) // fraction // align * align for a in (0, 1)]
@@ -99,10 +99,6 @@ def centre_crops(tiles: list[Tile], size: tuple[int, int], align: int, fraction:
         spans = []
         for a in (0, 1):
             start = ((t.own[a].start + t.own[a].stop) // 2 - sides[a] // 2) // align * align
-            last = (size[a] - halo - sides[a]) // align * align  # the last start with room for the halo
-            if last < halo:
-                return None
-            start = min(max(start, halo), last)
             spans.append((slice(start, start + sides[a]), slice(start - halo, start + sides[a] + halo)))
         crops.append(Tile((spans[0][0], spans[1][0]), (spans[0][1], spans[1][1])))
     return crops

@@ -167,7 +167,8 @@ class CVVAE(ModelMixin, ConfigMixin):
         tile_size: int | None = None,
         tile_levels: int = 2,
         tile_order: str = "lockstep",
-        tile_sampling: int = 3,
+        encode_sampling: int = 0,
+        decode_sampling: int = 3,
     ) -> None:
         """Run the full-resolution parts in time chunks (expert settings; never saved).
 
@@ -179,13 +180,14 @@ class CVVAE(ModelMixin, ConfigMixin):
         (of 4) into tiles with halos; the coarser levels run on whole frames. Tiles advance
         together chunk by chunk (``tile_order="lockstep"``: one pass, all tiles' caches held) or
         one after the other over the whole clip (``"sequential"``: the least memory, two passes).
-        With lockstep tiles and running statistics, each call first runs a crop of
-        ``1 / tile_sampling`` of each tile's side at its centre to sample the whole frame's
-        GroupNorm moments, so no tile is normalised with its own region alone (0: off);
+        With lockstep tiles and running statistics, ``*_sampling = N`` makes each call first run
+        a crop of ``1 / N`` of each tile's side at its centre to sample the whole frame's
+        GroupNorm moments, so no tile is normalised with its own region alone (0: off; on by
+        default for the decoder, whose small calls it brings much closer to the full pass);
         docs/performance.md.
         """
         self._chunk_plan = ChunkPlan(encode_frames, decode_latents, encode_stats, decode_stats,
-                                     tile_size, tile_levels, tile_order, tile_sampling)
+                                     tile_size, tile_levels, tile_order, encode_sampling, decode_sampling)
         self._memory_budget = None
 
     def set_memory_budget(self, gib: float) -> None:
@@ -225,7 +227,7 @@ class CVVAE(ModelMixin, ConfigMixin):
             moments = self.encoder(video)
         else:
             moments = encode_moments(self.encoder, video, plan.encode_frames, plan.encode_stats,
-                                     plan.tile_size, plan.tile_levels, plan.tile_order, plan.tile_sampling)
+                                     plan.tile_size, plan.tile_levels, plan.tile_order, plan.encode_sampling)
         if not torch.is_grad_enabled():
             check_finite(moments, self.encoder, lambda: self.encoder(video), "encoder")
         posterior = DiagonalGaussian(moments.squeeze(2) if image else moments)
@@ -257,7 +259,7 @@ class CVVAE(ModelMixin, ConfigMixin):
             x = self.decoder(z)
         else:
             x = decode_latents(self.decoder, z, plan.decode_latents, plan.decode_stats, plan.tile_size,
-                               plan.tile_levels, plan.tile_order, plan.tile_sampling)
+                               plan.tile_levels, plan.tile_order, plan.decode_sampling)
         if not torch.is_grad_enabled():
             check_finite(x, self.decoder, lambda: self.decoder(z), "decoder")
         x = x[:, :, :num_frames, :height, :width]
