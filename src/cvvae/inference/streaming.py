@@ -19,7 +19,8 @@ levels, which hold most of the memory and little of the spatial reach: each call
 levels tile by tile (each tile with a halo as wide as their reach and its own caches) and the
 low-resolution levels on whole frames (:class:`Stage`, :func:`encoder_parts`,
 :func:`decoder_parts`). Tiles count statistics over their own regions only, so what they pool
-is the whole frame's; within a call, a tile is normalised with what has been pooled up to it.
+is the whole frame's; within a call, a tile is normalised with what has been pooled up to it
+and, with sampling (:class:`TileSampler`), with moments sampled on crops of the tiles after it.
 """
 
 from __future__ import annotations
