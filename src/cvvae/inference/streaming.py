@@ -364,14 +364,13 @@ class TileSampler:
 
     def __call__(self, x: torch.Tensor, final: bool) -> list[Callable[[nn.Module], _Moments | None] | None]:
         """Per tile: the moments of the tiles after it in this call, by norm (``None`` where no
-        crop fits the frame). The crops run on every call the tiles run on, also those without
-        new frames, so their caches flow as the tiles' do."""
+        crop fits the frame or the chunk has no frames)."""
         if self.crops is None:
             self.crops = centre_crops(self.tiles, x.shape[3:], self.align, self.sampling) or []
             if self.crops:
                 self.state = StreamState("running", max_latents=self.max_latents,
                                          region=self.crops[0].own_part, pool=len(self.crops))
-        if not self.crops:
+        if not self.crops or x.shape[2] == 0:
             return [None] * len(self.tiles)
         state, n = self.state, len(self.crops)
         state.begin_call(final)
