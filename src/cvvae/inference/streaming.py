@@ -229,7 +229,7 @@ class StreamState:
             mean, var = self.frozen_stats[norm]
         else:
             use = self._latest[norm] if self.stats_mode == "chunk" else self.totals[norm]
-            unseen = None if self._unseen is None or self.stats_mode != "running" else self._unseen(norm)
+            unseen = None if self._unseen is None else self._unseen(norm)  # given in running mode only
             use = use if unseen is None else use.merge(unseen)
             mean, var = use.mean, use.var
         if self.pool > 1:
@@ -274,10 +274,7 @@ class _Moments:
     def pooled(self, samples: int) -> _Moments:
         """The moments of ``samples`` sets stacked along the batch ``(samples * B, G)``, pooled:
         ``(B, G)``."""
-        b = self.mean.shape[0] // samples
-        parts = [_Moments(self.count, self.mean[i * b:(i + 1) * b], self.var[i * b:(i + 1) * b])
-                 for i in range(samples)]
-        return functools.reduce(_Moments.merge, parts)
+        return functools.reduce(_Moments.merge, [self.sample(i, samples, self.count) for i in range(samples)])
 
     def sample(self, i: int, samples: int, count: int) -> _Moments:
         """Sample ``i`` of ``samples`` stacked along the batch, standing for ``count`` values."""
@@ -361,6 +358,7 @@ class TileSampler:
         self.max_latents = max_latents
         self.crops: list[Tile] | None = None  # made on the first call, when the frame size is known
         self.state: StreamState | None = None
+        self.ratios: list[float] = []  # each tile's own area per crop's
 
     def __call__(self, x: torch.Tensor, final: bool) -> list[Callable[[nn.Module], _Moments | None] | None]:
         """Per tile: the moments of the tiles after it in this call, by norm (``None`` where no
@@ -370,6 +368,7 @@ class TileSampler:
             if self.crops:
                 self.state = StreamState("running", max_latents=self.max_latents,
                                          region=self.crops[0].own_part, pool=len(self.crops))
+                self.ratios = [_area(t.own) / _area(c.own) for t, c in zip(self.tiles, self.crops, strict=True)]
         if not self.crops or x.shape[2] == 0:
             return [None] * len(self.tiles)
         state, n = self.state, len(self.crops)
@@ -377,7 +376,7 @@ class TileSampler:
         self.part(torch.cat([x[..., c.padded[0], c.padded[1]] for c in self.crops], dim=0), state)
         sampled = state.samples
         state.samples = {}
-        ratios = [_area(t.own) / _area(c.own) for t, c in zip(self.tiles, self.crops, strict=True)]
+        ratios = self.ratios
 
         def after(j: int) -> Callable[[nn.Module], _Moments | None]:
             def moments(norm: nn.Module) -> _Moments | None:
