@@ -48,10 +48,20 @@ from cvvae.io import atomic_path  # noqa: E402
 from cvvae.models.checkpoint import config_from_released  # noqa: E402
 
 QUICK_SIZES = [(17, 256, 256), (33, 256, 256), (9, 720, 1280)]
-FULL_SIZES = [(17, 256, 256), (33, 256, 256), (65, 256, 256), (129, 256, 256), (17, 720, 1280), (33, 720, 1280)]
+FULL_SIZES = [
+    (17, 256, 256),
+    (33, 256, 256),
+    (65, 256, 256),
+    (129, 256, 256),
+    (17, 720, 1280),
+    (33, 720, 1280),
+]
 # our modes: (encoder statistics, decoder statistics); "ours" is the default plan
-STATS = {"ours": ("running", "running"), "ours-two_pass-encoder": ("two_pass", "running"),
-         "ours-two_pass": ("two_pass", "two_pass")}
+STATS = {
+    "ours": ("running", "running"),
+    "ours-two_pass-encoder": ("two_pass", "running"),
+    "ours-two_pass": ("two_pass", "two_pass"),
+}
 
 
 def load_model(spec: str, shared: Path) -> CVVAE:
@@ -63,7 +73,11 @@ def load_model(spec: str, shared: Path) -> CVVAE:
         layouts = json.loads((shared / "released_state_dict_layouts.json").read_text())
         class_name = "CVVAEModel" if spec.startswith("sd21") else "CVVAESD3Model"
         torch.manual_seed(0)
-        return CVVAE(**config_from_released({"_class_name": class_name, **layouts[f"cvvae_{spec}"]["config"]}, spec))
+        return CVVAE(
+            **config_from_released(
+                {"_class_name": class_name, **layouts[f"cvvae_{spec}"]["config"]}, spec
+            )
+        )
     return CVVAE.from_pretrained(spec)
 
 
@@ -77,7 +91,9 @@ def synthetic_clip(frames: int, height: int, width: int, seed: int = 0) -> torch
     for c in range(3):
         fx, fy, v = (torch.rand(3, generator=g) * torch.tensor([12.0, 8.0, 0.05])).tolist()
         channels.append(torch.sin(2 * math.pi * (fx * (x + v * t) + fy * y) + c))
-    video = torch.stack(channels) * 0.7 + 0.2 * torch.rand(3, frames, height, width, generator=g) - 0.1
+    video = (
+        torch.stack(channels) * 0.7 + 0.2 * torch.rand(3, frames, height, width, generator=g) - 0.1
+    )
     return video.clamp(-1, 1).unsqueeze(0)
 
 
@@ -143,8 +159,13 @@ def compiled_networks(model: CVVAE):
         model.encoder, model.decoder = encoder, decoder
 
 
-def our_variants(ours: list[str], tiles: list[int], levels: list[int], orders: list[str],
-                 samplings: list[str] = ("0,3",)) -> dict[str, tuple[str, int | None, int, str, tuple[int, int]]]:
+def our_variants(
+    ours: list[str],
+    tiles: list[int],
+    levels: list[int],
+    orders: list[str],
+    samplings: list[str] = ("0,3",),
+) -> dict[str, tuple[str, int | None, int, str, tuple[int, int]]]:
     """Mode label -> (statistics plan, tile size or None, tiled levels, tile order, tile
     sampling of the encoder and decoder) for every combination; a tile of 0 means whole frames
     (labels get ``-tileN``, ``-LN`` for more than one level count, ``-sequential``, and
@@ -155,17 +176,28 @@ def our_variants(ours: list[str], tiles: list[int], levels: list[int], orders: l
             for n in levels if tile else levels[:1]:
                 for order in orders if tile else orders[:1]:
                     for sampling in samplings if tile else samplings[:1]:
-                        label = (name + (f"-tile{tile}" if tile else "") + (f"-L{n}" if tile and len(levels) > 1 else "")
-                                 + ("-sequential" if tile and order == "sequential" else "")
-                                 + (f"-sampling{sampling}" if tile and len(samplings) > 1 else ""))
+                        label = (
+                            name
+                            + (f"-tile{tile}" if tile else "")
+                            + (f"-L{n}" if tile and len(levels) > 1 else "")
+                            + ("-sequential" if tile and order == "sequential" else "")
+                            + (f"-sampling{sampling}" if tile and len(samplings) > 1 else "")
+                        )
                         pair = tuple(int(v) for v in sampling.split(","))
                         variants[label] = (name, tile or None, n, order, pair)
     return variants
 
 
-def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, int], with_reference: bool,
-              ours: dict[str, tuple[str, int | None, int, str, tuple[int, int]]], compile_full: bool = False,
-              budgets: list[float] = ()) -> list[dict]:
+def run_modes(
+    model: CVVAE,
+    x: torch.Tensor,
+    meter: Meter,
+    chunks: tuple[int, int],
+    with_reference: bool,
+    ours: dict[str, tuple[str, int | None, int, str, tuple[int, int]]],
+    compile_full: bool = False,
+    budgets: list[float] = (),
+) -> list[dict]:
     """Rows of time, peak and deviation: the full pass, then ``full-compiled`` and ``reference`` if
     asked, then each of ``ours`` (see :func:`our_variants`), then the plan of each memory budget
     (GiB; modes ``budgetN``)."""
@@ -175,17 +207,37 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
     full_m, enc_t, enc_mem = meter(lambda: model.encode(x).latent_dist.parameters)
     full_z = full_m[:, :c]
     full_x, dec_t, dec_mem = meter(lambda: model.decode(full_z).sample)
-    rows.append(dict(mode="full", encode_s=enc_t, decode_s=dec_t, encode_peak=enc_mem, decode_peak=dec_mem,
-                     latent_max_err=0.0, decoded_psnr=float("inf")))
+    rows.append(
+        dict(
+            mode="full",
+            encode_s=enc_t,
+            decode_s=dec_t,
+            encode_peak=enc_mem,
+            decode_peak=dec_mem,
+            latent_max_err=0.0,
+            decoded_psnr=float("inf"),
+        )
+    )
     modes = {}
     if compile_full:
-        modes["full-compiled"] = (lambda: model.encode(x).latent_dist.parameters, lambda z: model.decode(z).sample)
+        modes["full-compiled"] = (
+            lambda: model.encode(x).latent_dist.parameters,
+            lambda z: model.decode(z).sample,
+        )
     if with_reference:
-        modes["reference"] = (lambda: reference_encode(model, x), lambda z: reference_decode(model, z))
+        modes["reference"] = (
+            lambda: reference_encode(model, x),
+            lambda z: reference_decode(model, z),
+        )
     for label, (name, tile, levels, order, sampling) in ours.items():
         enc_stats, dec_stats = STATS[name]
-        tiling = dict(tile_size=tile, tile_levels=levels, tile_order=order, encode_sampling=sampling[0],
-                      decode_sampling=sampling[1])
+        tiling = dict(
+            tile_size=tile,
+            tile_levels=levels,
+            tile_order=order,
+            encode_sampling=sampling[0],
+            decode_sampling=sampling[1],
+        )
 
         def enc(stats=enc_stats, tiling=tiling):
             model.enable_tiling(*chunks, encode_stats=stats, **tiling)
@@ -217,8 +269,17 @@ def run_modes(model: CVVAE, x: torch.Tensor, meter: Meter, chunks: tuple[int, in
             torch.cuda.empty_cache()
             continue
         err = None if m.device.type == "meta" else (m - full_m).abs().max().item()
-        rows.append(dict(mode=name, encode_s=enc_t, decode_s=dec_t, encode_peak=enc_mem, decode_peak=dec_mem,
-                         latent_max_err=err, decoded_psnr=psnr(y, full_x)))
+        rows.append(
+            dict(
+                mode=name,
+                encode_s=enc_t,
+                decode_s=dec_t,
+                encode_peak=enc_mem,
+                decode_peak=dec_mem,
+                latent_max_err=err,
+                decoded_psnr=psnr(y, full_x),
+            )
+        )
         del m, y
     model.disable_tiling()
     return rows
@@ -244,33 +305,88 @@ def fmt(value: float | None, width: int, digits: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small grid, one repeat (CPU: minutes)")
-    parser.add_argument("--models", nargs="+", default=["sd21_tiny"], help="sd21_tiny, sd3_tiny, sd21_full, sd3_full or a folder")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small grid, one repeat (CPU: minutes)"
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["sd21_tiny"],
+        help="sd21_tiny, sd3_tiny, sd21_full, sd3_full or a folder",
+    )
     parser.add_argument("--sizes", nargs="*", default=None, help="TxHxW, e.g. 33x256x256")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--channels-last", action="store_true", help="channels-last 3D memory format")
-    parser.add_argument("--chunks", nargs=2, type=int, default=[16, 4], metavar=("FRAMES", "LATENTS"),
-                        help="our chunk sizes: video frames per encoder chunk, latents per decoder chunk "
-                        "(default: the reference's window sizes)")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time the full pass under torch.compile (mode full-compiled; compiles in the warm-up)")
-    parser.add_argument("--no-reference", action="store_true", help="skip the released-tiling baseline")
-    parser.add_argument("--ours", nargs="*", default=list(STATS), choices=list(STATS), help="which of our modes to run")
-    parser.add_argument("--tile", type=int, nargs="+", default=[0],
-                        help="our spatial tile sizes in pixels, one mode each (0: whole frames, the default)")
-    parser.add_argument("--tile-levels", type=int, nargs="+", default=[2],
-                        help="how many full-resolution levels the tiles cut (CVVAE.enable_tiling), one mode each")
-    parser.add_argument("--tile-order", nargs="+", default=["lockstep"], choices=["lockstep", "sequential"],
-                        help="tiles advancing together or one at a time (CVVAE.enable_tiling), one mode each")
-    parser.add_argument("--tile-sampling", nargs="+", default=["0,3"], metavar="ENC,DEC",
-                        help="lockstep tiles: encoder's and decoder's calls sampled on crops of 1/N of a tile's side "
-                             "(0: off; CVVAE.enable_tiling), one mode each")
-    parser.add_argument("--budget", type=float, nargs="*", default=[],
-                        help="memory budgets in GiB (CVVAE.set_memory_budget), one mode each")
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="channels-last 3D memory format"
+    )
+    parser.add_argument(
+        "--chunks",
+        nargs=2,
+        type=int,
+        default=[16, 4],
+        metavar=("FRAMES", "LATENTS"),
+        help="our chunk sizes: video frames per encoder chunk, latents per decoder chunk "
+        "(default: the reference's window sizes)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the full pass under torch.compile (mode full-compiled; compiles in the warm-up)",
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the released-tiling baseline"
+    )
+    parser.add_argument(
+        "--ours",
+        nargs="*",
+        default=list(STATS),
+        choices=list(STATS),
+        help="which of our modes to run",
+    )
+    parser.add_argument(
+        "--tile",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="our spatial tile sizes in pixels, one mode each (0: whole frames, the default)",
+    )
+    parser.add_argument(
+        "--tile-levels",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="how many full-resolution levels the tiles cut (CVVAE.enable_tiling), one mode each",
+    )
+    parser.add_argument(
+        "--tile-order",
+        nargs="+",
+        default=["lockstep"],
+        choices=["lockstep", "sequential"],
+        help="tiles advancing together or one at a time (CVVAE.enable_tiling), one mode each",
+    )
+    parser.add_argument(
+        "--tile-sampling",
+        nargs="+",
+        default=["0,3"],
+        metavar="ENC,DEC",
+        help="lockstep tiles: encoder's and decoder's calls sampled on crops of 1/N of a tile's side "
+        "(0: off; CVVAE.enable_tiling), one mode each",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        nargs="*",
+        default=[],
+        help="memory budgets in GiB (CVVAE.set_memory_budget), one mode each",
+    )
+    parser.add_argument(
+        "--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmark-inference.json"))
     args = parser.parse_args()
 
@@ -280,12 +396,28 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     if device.type == "meta":
         count_fused_attention_on_meta()
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes] if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
+    sizes = (
+        [tuple(int(v) for v in s.split("x")) for s in args.sizes]
+        if args.sizes
+        else (QUICK_SIZES if args.quick else FULL_SIZES)
+    )
     repeats = args.repeats or (1 if args.quick else 3)
     meter = Meter(device, repeats)
-    results = {"chunks": args.chunks, "tile": args.tile, "tile_levels": args.tile_levels, "tile_order": args.tile_order, "tile_sampling": args.tile_sampling, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "dtype": args.dtype, "repeats": repeats,
-               "channels_last": args.channels_last, "compile": args.compile, "command": " ".join(sys.argv), "rows": []}
+    results = {
+        "chunks": args.chunks,
+        "tile": args.tile,
+        "tile_levels": args.tile_levels,
+        "tile_order": args.tile_order,
+        "tile_sampling": args.tile_sampling,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "dtype": args.dtype,
+        "repeats": repeats,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "command": " ".join(sys.argv),
+        "rows": [],
+    }
     header = f"{'model':10} {'size':>14} {'mode':>22} {'enc s':>8} {'dec s':>8} {'enc MiB':>9} {'dec MiB':>9} {'lat err':>8} {'PSNR':>6}"
     print(header)
     torch.set_grad_enabled(False)
@@ -298,8 +430,18 @@ def main() -> None:
             if args.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             try:
-                rows = run_modes(model, x, meter, tuple(args.chunks), not args.no_reference,
-                                 our_variants(args.ours, args.tile, args.tile_levels, args.tile_order, args.tile_sampling), args.compile, args.budget)
+                rows = run_modes(
+                    model,
+                    x,
+                    meter,
+                    tuple(args.chunks),
+                    not args.no_reference,
+                    our_variants(
+                        args.ours, args.tile, args.tile_levels, args.tile_order, args.tile_sampling
+                    ),
+                    args.compile,
+                    args.budget,
+                )
             except torch.OutOfMemoryError:
                 rows = [dict(mode="full", error="out of memory")]
                 torch.cuda.empty_cache()
@@ -309,15 +451,17 @@ def main() -> None:
                 if "error" in row:
                     print(f"{spec:10} {t:>4}x{h}x{w:<5} {row['mode']:>22} {row['error']}")
                     continue
-                print(f"{spec:10} {t:>4}x{h}x{w:<5} {row['mode']:>22} {fmt(row['encode_s'], 8, 3)} "
-                      f"{fmt(row['decode_s'], 8, 3)} {row['encode_peak'] / 2**20:9.1f} {row['decode_peak'] / 2**20:9.1f} "
-                      f"{fmt(row['latent_max_err'], 8, 4)} {fmt(row['decoded_psnr'], 6, 1)}", flush=True)
+                print(
+                    f"{spec:10} {t:>4}x{h}x{w:<5} {row['mode']:>22} {fmt(row['encode_s'], 8, 3)} "
+                    f"{fmt(row['decode_s'], 8, 3)} {row['encode_peak'] / 2**20:9.1f} {row['decode_peak'] / 2**20:9.1f} "
+                    f"{fmt(row['latent_max_err'], 8, 4)} {fmt(row['decoded_psnr'], 6, 1)}",
+                    flush=True,
+                )
             del x
             with atomic_path(args.out) as tmp:  # after each size: a run cut short keeps its rows
                 tmp.write_text(json.dumps(results, indent=1))
         del model
     print(f"wrote {args.out}")
-
 
 
 if __name__ == "__main__":

@@ -46,8 +46,12 @@ def compare(name: str, model, x, device, rows: list) -> None:
             row = dict(case=name, dtype=dtype, chunked=chunked)
             try:
                 z, y = run(m, x.to(device, getattr(torch, dtype)), chunked)
-                row.update(finite=True, latent_max_err=(z.float() - ref_z).abs().max().item(),
-                           decoded_max_err=(y.float() - ref_y).abs().max().item(), decoded_psnr=psnr(y, ref_y))
+                row.update(
+                    finite=True,
+                    latent_max_err=(z.float() - ref_z).abs().max().item(),
+                    decoded_max_err=(y.float() - ref_y).abs().max().item(),
+                    decoded_psnr=psnr(y, ref_y),
+                )
             except NonFiniteError as error:
                 row.update(finite=False, error=str(error))
             rows.append(row)
@@ -56,10 +60,16 @@ def compare(name: str, model, x, device, rows: list) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")
-    parser.add_argument("--full-size", default="17x256x256", help="TxHxW of the full-size architecture case")
+    parser.add_argument(
+        "--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference"
+    )
+    parser.add_argument(
+        "--full-size", default="17x256x256", help="TxHxW of the full-size architecture case"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmark-precision.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -71,10 +81,17 @@ def main() -> None:
             compare(f"{flavour}/{case}", model, ref[f"{case}.input"], device, rows)
     t, h, w = (int(v) for v in args.full_size.split("x"))
     for flavour in ("sd21_full", "sd3_full"):
-        compare(f"{flavour}/synthetic{args.full_size}", load_model(flavour, args.shared).eval(),
-                synthetic_clip(t, h, w), device, rows)
+        compare(
+            f"{flavour}/synthetic{args.full_size}",
+            load_model(flavour, args.shared).eval(),
+            synthetic_clip(t, h, w),
+            device,
+            rows,
+        )
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    args.out.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "rows": rows}, indent=1))
+    args.out.write_text(
+        json.dumps({"device": device_name, "torch": torch.__version__, "rows": rows}, indent=1)
+    )
     print(f"wrote {args.out}")
 
 

@@ -54,14 +54,22 @@ def time_both(released, ours, x: torch.Tensor, z: torch.Tensor, repeats: int) ->
             times[f"{who}_decode"].append(time.perf_counter() - start)
     medians = {k: statistics.median(v[1:] if len(v) > 1 else v) for k, v in times.items()}
     for what in ("encode", "decode"):
-        medians[f"{what}_ratio_ours_over_released"] = medians[f"ours_{what}"] / medians[f"released_{what}"]
+        medians[f"{what}_ratio_ours_over_released"] = (
+            medians[f"ours_{what}"] / medians[f"released_{what}"]
+        )
     return medians
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--released", type=Path, required=True, help="folder holding the released models/ package")
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--released", type=Path, required=True, help="folder holding the released models/ package"
+    )
+    parser.add_argument(
+        "--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference"
+    )
     parser.add_argument("--size", default="33x256x256", help="TxHxW")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path)
@@ -84,14 +92,23 @@ def main() -> None:
         z = ours.encode(x).latent_dist.mean
         gap = (released.encode(x).latent_dist.mean - z).abs().max().item()
         if gap > 1e-4:
-            raise SystemExit(f"{flavour}: the two implementations disagree (max latent error {gap:.2e})")
+            raise SystemExit(
+                f"{flavour}: the two implementations disagree (max latent error {gap:.2e})"
+            )
         results[flavour] = time_both(released, ours, x, z, args.repeats)
         r = results[flavour]
-        print(f"{flavour}: encode {r['released_encode']:.2f} s released, {r['ours_encode']:.2f} s ours "
-              f"(x{r['encode_ratio_ours_over_released']:.2f}); decode {r['released_decode']:.2f} s released, "
-              f"{r['ours_decode']:.2f} s ours (x{r['decode_ratio_ours_over_released']:.2f})", flush=True)
+        print(
+            f"{flavour}: encode {r['released_encode']:.2f} s released, {r['ours_encode']:.2f} s ours "
+            f"(x{r['encode_ratio_ours_over_released']:.2f}); decode {r['released_decode']:.2f} s released, "
+            f"{r['ours_decode']:.2f} s ours (x{r['decode_ratio_ours_over_released']:.2f})",
+            flush=True,
+        )
     if args.out:
-        report = {"input": f"1x3x{args.size}", "threads": torch.get_num_threads(), "results": results}
+        report = {
+            "input": f"1x3x{args.size}",
+            "threads": torch.get_num_threads(),
+            "results": results,
+        }
         args.out.write_text(json.dumps(report, indent=1))
 
 

@@ -289,8 +289,11 @@ def evaluate_all(segments: list[dict], models: dict, image_vae: AutoencoderKL) -
         motion.append(motion_psnr(clip))
         print(f"  evaluated {seg['source']} frames {seg['frames']}", flush=True)
     per_clip = [{name: float(r.scores[name].psnr.mean()) for name in r.scores} for r in results]
-    return {"summary": summarize_videos(results), "per_clip_psnr": per_clip,
-            "per_clip_motion_psnr": motion}
+    return {
+        "summary": summarize_videos(results),
+        "per_clip_psnr": per_clip,
+        "per_clip_motion_psnr": motion,
+    }
 
 
 def bars(summary: dict, model: str) -> dict:

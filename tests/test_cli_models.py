@@ -8,7 +8,10 @@ from cvvae.cli import main
 
 def test_inflate_writes_a_loadable_model(tmp_path):
     tiny_image_vae().save_pretrained(tmp_path / "image_vae")
-    assert main(["inflate", "--image-vae", str(tmp_path / "image_vae"), str(tmp_path / "video_vae")]) == 0
+    assert (
+        main(["inflate", "--image-vae", str(tmp_path / "image_vae"), str(tmp_path / "video_vae")])
+        == 0
+    )
     model = CVVAE.from_pretrained(tmp_path / "video_vae")
     assert model.config.latent_channels == 4
     assert model.config.use_post_quant_conv
@@ -28,8 +31,19 @@ def test_inflate_errors_exit_2_and_write_nothing(tmp_path, capsys):
 
 def test_memory_budget_runs_in_chunks_and_says_so(tmp_path, capsys, caplog, video_paths):
     out = tmp_path / "recon.mp4"
-    argv = ["reconstruct", str(video_paths[0]), str(out), "--frames", "13", "--height", "32",
-            "--width", "48", "--memory-budget", "0.001"]
+    argv = [
+        "reconstruct",
+        str(video_paths[0]),
+        str(out),
+        "--frames",
+        "13",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--memory-budget",
+        "0.001",
+    ]
     with caplog.at_level("INFO", logger="cvvae"):
         assert main(argv) == 0
     lines = [r.getMessage() for r in caplog.records if "memory budget" in r.getMessage()]

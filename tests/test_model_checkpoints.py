@@ -9,8 +9,9 @@ from safetensors.torch import load_file, save_file
 
 from cvvae import CVVAE, UserInputError
 
-TINY = dict(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
-            latent_channels=4)
+TINY = dict(
+    block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4
+)
 
 
 def _plain(config):
@@ -74,7 +75,9 @@ def test_misshaped_key_is_named(tmp_path, reference_dir):
         t["decoder.conv_out.bias"] = torch.zeros(4)
 
     folder = _copy_with(tmp_path, reference_dir, reshape)
-    with pytest.raises(UserInputError, match=r"decoder.conv_out.bias has shape \[4\], expected \[3\]"):
+    with pytest.raises(
+        UserInputError, match=r"decoder.conv_out.bias has shape \[4\], expected \[3\]"
+    ):
         CVVAE.from_pretrained(folder)
 
 

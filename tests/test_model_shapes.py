@@ -49,7 +49,7 @@ def test_padding_repeats_last_frame(model):
 def test_kl_sums_over_time(model):
     x = torch.rand(1, 3, 9, 16, 16) * 2 - 1
     posterior = model.encode(x).latent_dist
-    per_element = 0.5 * (posterior.mean ** 2 + posterior.var - 1 - posterior.logvar)
+    per_element = 0.5 * (posterior.mean**2 + posterior.var - 1 - posterior.logvar)
     assert torch.allclose(posterior.kl(), per_element.sum(dim=(1, 2, 3, 4)))
 
 

@@ -30,7 +30,9 @@ def test_quick_reproduction_writes_sane_outputs(tmp_path):
     out = tmp_path / "out"
     threads = torch.get_num_threads()
     try:
-        code = load_benchmark("reproduce").main(["--quick", "--out", str(out), "--videos", *map(str, videos)])
+        code = load_benchmark("reproduce").main(
+            ["--quick", "--out", str(out), "--videos", *map(str, videos)]
+        )
     finally:
         torch.set_num_threads(threads)
     assert code == 0

@@ -32,8 +32,14 @@ def test_encoder_chunks_equal_full_pass_given_clip_statistics(reference, chunk_f
     model, ref = reference
     x = ref["video33.input"]
     full = model.encoder.trunk(x)
-    chunked = run_parts(encoder_parts(model.encoder, *x.shape[3:], None, 1), split_encoder_input(x, chunk_frames), "two_pass",
-                        full.shape[2], chunk_frames // 4, frozen=clip_statistics(model.encoder.trunk, x))
+    chunked = run_parts(
+        encoder_parts(model.encoder, *x.shape[3:], None, 1),
+        split_encoder_input(x, chunk_frames),
+        "two_pass",
+        full.shape[2],
+        chunk_frames // 4,
+        frozen=clip_statistics(model.encoder.trunk, x),
+    )
     assert (chunked - full).abs().max() < 1e-4
 
 
@@ -44,8 +50,14 @@ def test_decoder_chunks_equal_full_pass_given_clip_statistics(reference, chunk_l
     z = ref["video33.moments"][:, : model.config.latent_channels]
     h = model.decoder.head(z)
     full = model.decoder.trunk(h)
-    chunked = run_parts(decoder_parts(model.decoder, 8 * h.shape[3], 8 * h.shape[4], None, 1), split_time(h, chunk_latents), "two_pass",
-                        full.shape[2], chunk_latents, frozen=clip_statistics(model.decoder.trunk, h))
+    chunked = run_parts(
+        decoder_parts(model.decoder, 8 * h.shape[3], 8 * h.shape[4], None, 1),
+        split_time(h, chunk_latents),
+        "two_pass",
+        full.shape[2],
+        chunk_latents,
+        frozen=clip_statistics(model.decoder.trunk, h),
+    )
     assert (chunked - full).abs().max() < 1e-4
 
 
@@ -69,9 +81,10 @@ def test_streaming_is_closer_to_full_pass_than_reference_chunking(reference, sta
     assert (ours - full).abs().max() < 0.5 * (official - full).abs().max()
     c = model.config.latent_channels
     decoded_full = model.decode(full[:, :c]).sample
-    assert _psnr(model.decode(ours[:, :c]).sample, decoded_full) > _psnr(
-        model.decode(official[:, :c]).sample, decoded_full
-    ) + 5
+    assert (
+        _psnr(model.decode(ours[:, :c]).sample, decoded_full)
+        > _psnr(model.decode(official[:, :c]).sample, decoded_full) + 5
+    )
 
 
 @torch.no_grad()
@@ -99,7 +112,10 @@ def test_group_moments_of_a_tile_region_match_float64():
     from cvvae.inference.streaming import _Moments
 
     torch.manual_seed(0)
-    x = torch.randn(2, 16, 5, 70, 90) * torch.rand(1, 16, 1, 1, 1) * 3 + torch.randn(1, 16, 1, 1, 1) * 10
+    x = (
+        torch.randn(2, 16, 5, 70, 90) * torch.rand(1, 16, 1, 1, 1) * 3
+        + torch.randn(1, 16, 1, 1, 1) * 10
+    )
     region = x[..., 3:61, 7:83]  # a tile's own region: a view, not a copy
     moments = _Moments.of_groups(region, groups=4)
     var, mean = torch.var_mean(region.double().reshape(2, 4, -1), dim=-1, correction=0)
@@ -164,8 +180,12 @@ def test_non_finite_output_names_first_layer():
 
 @torch.no_grad()
 def test_peak_memory_on_meta_equals_the_real_run():
-    model = CVVAE(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
-                  mid_attention=False).eval()
+    model = CVVAE(
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        mid_attention=False,
+    ).eval()
     x = torch.rand(1, 3, 17, 32, 32) * 2 - 1
     peaks = []
     for device in ("cpu", "meta"):
@@ -191,6 +211,8 @@ def test_chunk_sweep_measures_each_direction_against_its_own_full_pass(reference
     assert [row["chunk"] for row in encode] == [None, 4, 8] and encode[0]["latent_max_err"] == 0
     assert encode[2]["latent_max_err"] < 1e-4 < encode[1]["latent_max_err"]
     decode = bench.sweep(model, x, meter, "decode", [1, 3], None, 2)
-    assert [row["chunk"] for row in decode] == [None, 1, 3] and decode[0]["decoded_psnr"] == float("inf")
+    assert [row["chunk"] for row in decode] == [None, 1, 3] and decode[0]["decoded_psnr"] == float(
+        "inf"
+    )
     assert decode[2]["decoded_psnr"] > 80 > decode[1]["decoded_psnr"]
     assert all(row["peak_ratio"] > 0 and row["time_ratio"] > 0 for row in encode + decode)

@@ -21,12 +21,18 @@ def _models(reference_dir):
     yield CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny")
     yield CVVAE.from_pretrained(reference_dir / "cvvae_sd3_tiny")
     torch.manual_seed(0)  # two ResNet blocks per level, as in the released full-size models
-    yield CVVAE(block_out_channels=(8, 16, 16, 16), layers_per_block=2, norm_num_groups=4,
-                padding_mode="replicate").eval()
+    yield CVVAE(
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=2,
+        norm_num_groups=4,
+        padding_mode="replicate",
+    ).eval()
 
 
-@pytest.mark.parametrize("height,width,tile,align", [(720, 1280, 360, 8), (720, 1280, 640, 8), (90, 160, 45, 1),
-                                                     (96, 224, 64, 8), (64, 64, 64, 8)])
+@pytest.mark.parametrize(
+    "height,width,tile,align",
+    [(720, 1280, 360, 8), (720, 1280, 640, 8), (90, 160, 45, 1), (96, 224, 64, 8), (64, 64, 64, 8)],
+)
 def test_tile_grid_covers_the_frame_once_with_near_equal_tiles(height, width, tile, align):
     halo = 20
     tiles = tile_grid(height, width, tile, halo, align)
@@ -46,8 +52,10 @@ def test_tile_grid_covers_the_frame_once_with_near_equal_tiles(height, width, ti
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("levels,order", [(1, "lockstep"), (2, "lockstep"), (3, "lockstep"), (4, "lockstep"),
-                                          (2, "sequential")])
+@pytest.mark.parametrize(
+    "levels,order",
+    [(1, "lockstep"), (2, "lockstep"), (3, "lockstep"), (4, "lockstep"), (2, "sequential")],
+)
 def test_tiles_with_halos_equal_the_full_pass_given_clip_statistics(reference_dir, levels, order):
     """The first ``levels`` encoder levels (last decoder levels) by tiles with halos, the rest on
     whole frames, chunk by chunk, in either tile order: with the clip's statistics, exactly the
@@ -57,16 +65,30 @@ def test_tiles_with_halos_equal_the_full_pass_given_clip_statistics(reference_di
         full = model.encoder.trunk(x)
         parts = encoder_parts(model.encoder, 96, 224, 64, levels)
         assert len(parts[0][1]) == 8 and len(parts) == (1 if levels == 4 else 2)
-        tiled = run_parts(parts, split_encoder_input(x, 4), "two_pass", full.shape[2], 2,
-                          frozen=clip_statistics(model.encoder.trunk, x), order=order)
+        tiled = run_parts(
+            parts,
+            split_encoder_input(x, 4),
+            "two_pass",
+            full.shape[2],
+            2,
+            frozen=clip_statistics(model.encoder.trunk, x),
+            order=order,
+        )
         assert (tiled - full).abs().max() < 1e-4
 
         h = model.decoder.head(torch.randn(1, model.config.latent_channels, 3, 12, 28))
         full = model.decoder.trunk(h)
         parts = decoder_parts(model.decoder, 96, 224, 64, levels)
         assert len(parts[-1][1]) == 8
-        tiled = run_parts(parts, split_time(h, 1), "two_pass", full.shape[2], 1,
-                          frozen=clip_statistics(model.decoder.trunk, h), order=order)
+        tiled = run_parts(
+            parts,
+            split_time(h, 1),
+            "two_pass",
+            full.shape[2],
+            1,
+            frozen=clip_statistics(model.decoder.trunk, h),
+            order=order,
+        )
         assert (tiled - full).abs().max() < 1e-4
 
 
@@ -82,13 +104,25 @@ def test_halos_are_as_wide_as_the_tiled_levels_reach(reference_dir, levels, monk
     monkeypatch.setattr(streaming, "decoder_halo", lambda *a: tiling.decoder_halo(*a) - 1)
     x = torch.rand(1, 3, 9, 96, 224) * 2 - 1
     full = model.encoder.trunk(x)
-    tiled = run_parts(encoder_parts(model.encoder, 96, 224, 64, levels), split_encoder_input(x, 4), "two_pass",
-                      full.shape[2], 2, frozen=clip_statistics(model.encoder.trunk, x))
+    tiled = run_parts(
+        encoder_parts(model.encoder, 96, 224, 64, levels),
+        split_encoder_input(x, 4),
+        "two_pass",
+        full.shape[2],
+        2,
+        frozen=clip_statistics(model.encoder.trunk, x),
+    )
     assert (tiled - full).abs().max() > 1e-3
     h = model.decoder.head(torch.randn(1, model.config.latent_channels, 3, 12, 28))
     full = model.decoder.trunk(h)
-    tiled = run_parts(decoder_parts(model.decoder, 96, 224, 64, levels), split_time(h, 1), "two_pass",
-                      full.shape[2], 1, frozen=clip_statistics(model.decoder.trunk, h))
+    tiled = run_parts(
+        decoder_parts(model.decoder, 96, 224, 64, levels),
+        split_time(h, 1),
+        "two_pass",
+        full.shape[2],
+        1,
+        frozen=clip_statistics(model.decoder.trunk, h),
+    )
     assert (tiled - full).abs().max() > 1e-4
 
 
@@ -102,8 +136,15 @@ def _seams(error: torch.Tensor, every: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("folder,levels,stats", [("cvvae_sd21_tiny", 2, "two_pass"), ("cvvae_sd3_tiny", 2, "two_pass"),
-                                                 ("cvvae_sd21_tiny", 1, "running"), ("cvvae_sd3_tiny", 2, "running")])
+@pytest.mark.parametrize(
+    "folder,levels,stats",
+    [
+        ("cvvae_sd21_tiny", 2, "two_pass"),
+        ("cvvae_sd3_tiny", 2, "two_pass"),
+        ("cvvae_sd21_tiny", 1, "running"),
+        ("cvvae_sd3_tiny", 2, "running"),
+    ],
+)
 def test_tile_borders_are_no_worse_than_tile_interiors(reference_dir, folder, levels, stats):
     """With estimated statistics the error against the full pass comes from the statistics: along
     the tile borders it is no larger, relative to the tile interiors, than the untiled chunked
@@ -117,13 +158,23 @@ def test_tile_borders_are_no_worse_than_tile_interiors(reference_dir, folder, le
     full_video = model.decode(full).sample
     border_ratio = {}
     for tile in (None, 64):
-        model.enable_tiling(encode_frames=8, decode_latents=1, encode_stats=stats, decode_stats=stats,
-                            tile_size=tile, tile_levels=levels)
-        latent_error = (model.encode(x).latent_dist.mean - full).abs().mean(dim=(0, 1, 2))  # (h, w) map
+        model.enable_tiling(
+            encode_frames=8,
+            decode_latents=1,
+            encode_stats=stats,
+            decode_stats=stats,
+            tile_size=tile,
+            tile_levels=levels,
+        )
+        latent_error = (
+            (model.encode(x).latent_dist.mean - full).abs().mean(dim=(0, 1, 2))
+        )  # (h, w) map
         video_error = (model.decode(full).sample - full_video).abs().mean(dim=(0, 1, 2))
         assert latent_error.max() > 0 and video_error.max() > 0  # the statistics are estimated
-        border_ratio[tile] = [error[_seams(error, every)].mean() / error[~_seams(error, every)].mean()
-                              for error, every in ((latent_error, 8), (video_error, 64))]  # 64-px tiles
+        border_ratio[tile] = [
+            error[_seams(error, every)].mean() / error[~_seams(error, every)].mean()
+            for error, every in ((latent_error, 8), (video_error, 64))
+        ]  # 64-px tiles
     model.disable_tiling()
     for tiled, untiled in zip(border_ratio[64], border_ratio[None], strict=True):
         assert tiled <= 1.05 * untiled, border_ratio
@@ -140,22 +191,31 @@ def test_tiles_count_statistics_over_their_own_regions(reference_dir):
     x = torch.rand(1, 3, 9, 96, 160) * 2 - 1
     exact = clip_statistics(model.encoder.trunk, x)
     for levels in (1, 2):
-        calls, totals = _chunked_pass(encoder_parts(model.encoder, 96, 160, 48, levels), split_encoder_input(x, 4),
-                                      "running", 2)
+        calls, totals = _chunked_pass(
+            encoder_parts(model.encoder, 96, 160, 48, levels),
+            split_encoder_input(x, 4),
+            "running",
+            2,
+        )
         for _ in calls:
             pass
-        untiled_calls, untiled = _chunked_pass(encoder_parts(model.encoder, 96, 160, None, 1),
-                                               split_encoder_input(x, 4), "running", 2)
+        untiled_calls, untiled = _chunked_pass(
+            encoder_parts(model.encoder, 96, 160, None, 1), split_encoder_input(x, 4), "running", 2
+        )
         for _ in untiled_calls:
             pass
-        assert {norm: m.count for norm, m in totals.items()} == {norm: m.count for norm, m in untiled.items()}
+        assert {norm: m.count for norm, m in totals.items()} == {
+            norm: m.count for norm, m in untiled.items()
+        }
         first = model.encoder.down[0].block[0].norm1
         torch.testing.assert_close(totals[first].mean, exact[first][0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(totals[first].var, exact[first][1], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("height,width,tile,halo,align", [(720, 1280, 360, 12, 4), (180, 320, 90, 4, 1),
-                                                           (90, 160, 45, 4, 1), (200, 500, 180, 8, 4)])
+@pytest.mark.parametrize(
+    "height,width,tile,halo,align",
+    [(720, 1280, 360, 12, 4), (180, 320, 90, 4, 1), (90, 160, 45, 4, 1), (200, 500, 180, 8, 4)],
+)
 def test_centre_crops_sample_each_tile_inside_the_frame(height, width, tile, halo, align):
     """One crop per tile, all of one shape (own region a third of the smallest tile's side, the
     tiles' halo on every side), aligned, centred on its tile and inside the frame."""
@@ -195,7 +255,10 @@ def test_sampled_tiles_decode_closer_to_the_full_pass(reference_dir):
         model.enable_tiling(decode_latents=1, tile_size=tile, decode_sampling=sampling)
         with PeakMemory() as meter:
             decoded = model.decode(z).sample
-        error[sampling, tile], peak[sampling, tile] = (decoded - video).square().mean().item(), meter.peak_bytes
+        error[sampling, tile], peak[sampling, tile] = (
+            (decoded - video).square().mean().item(),
+            meter.peak_bytes,
+        )
     model.disable_tiling()
     assert error[3, 160] < error[0, 160], error
     assert peak[0, 160] < peak[3, 160] < peak[3, None], peak
@@ -236,9 +299,13 @@ def test_memory_budget_left_over_buys_longer_encoder_chunks(reference_dir, monke
 
     from cvvae.inference.memory import PeakMemory
 
-    monkeypatch.setattr(F, "scaled_dot_product_attention", F.scaled_dot_product_attention)  # restored after
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", F.scaled_dot_product_attention
+    )  # restored after
     load_benchmark("bench_inference").count_fused_attention_on_meta()
-    model = torch.nn.Module.to(CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny"), "meta", torch.bfloat16).eval()
+    model = torch.nn.Module.to(
+        CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny"), "meta", torch.bfloat16
+    ).eval()
     x = torch.empty(1, 3, 33, 360, 640, device="meta", dtype=torch.bfloat16)
     chunks = []
     for gib in (0.3, 0.4, 0.6):
@@ -266,10 +333,14 @@ def test_memory_budget_is_kept_counted_on_meta(reference_dir, folder, monkeypatc
     from cvvae.inference.memory import PeakMemory
 
     bench = load_benchmark("bench_inference")
-    monkeypatch.setattr(F, "scaled_dot_product_attention", F.scaled_dot_product_attention)  # restored after
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", F.scaled_dot_product_attention
+    )  # restored after
     bench.count_fused_attention_on_meta()
 
-    model = torch.nn.Module.to(CVVAE.from_pretrained(reference_dir / folder), "meta", torch.bfloat16).eval()
+    model = torch.nn.Module.to(
+        CVVAE.from_pretrained(reference_dir / folder), "meta", torch.bfloat16
+    ).eval()
     x = torch.empty(1, 3, 9, 360, 640, device="meta", dtype=torch.bfloat16)
     z = torch.empty(1, model.config.latent_channels, 3, 45, 80, device="meta", dtype=torch.bfloat16)
     for gib, order in ((0.45, "lockstep"), (0.15, "sequential")):
@@ -280,8 +351,12 @@ def test_memory_budget_is_kept_counted_on_meta(reference_dir, folder, monkeypatc
                 with PeakMemory() as meter:
                     run()
                 assert 0 < meter.peak_bytes <= gib * 2**30, (gib, meter.peak_bytes / 2**30)
-        assert f"decode: 1 latent frames per chunk, {'running' if order == 'lockstep' else 'two_pass'} statistics, " \
-               f"spatial tiles" in caplog.text and f"({order})" in caplog.text
+        assert (
+            f"decode: 1 latent frames per chunk, {'running' if order == 'lockstep' else 'two_pass'} statistics, "
+            f"spatial tiles"
+            in caplog.text
+            and f"({order})" in caplog.text
+        )
         assert "below what" not in caplog.text
     model.set_memory_budget(0.02)
     with caplog.at_level(logging.WARNING, logger="cvvae"):

@@ -40,7 +40,10 @@ def model_folder(args: argparse.Namespace) -> Path:
 
 
 def load_model(
-    folder: Path, device: torch.device, dtype: torch.dtype | None, memory_budget: float | None = None
+    folder: Path,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    memory_budget: float | None = None,
 ) -> CVVAE:
     """Load a model folder onto ``device``; with ``memory_budget`` (GiB) it runs in chunks."""
     if not folder.is_dir():

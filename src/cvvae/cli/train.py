@@ -16,7 +16,9 @@ def cmd_inflate(args: argparse.Namespace) -> None:
     from cvvae.models.inflation import inflate_from_image_vae
 
     if not (args.image_vae / "config.json").is_file():
-        raise UserInputError(f"not a diffusers AutoencoderKL folder (no config.json): {args.image_vae}")
+        raise UserInputError(
+            f"not a diffusers AutoencoderKL folder (no config.json): {args.image_vae}"
+        )
     if args.output.exists():
         raise UserInputError(f"output folder already exists: {args.output}")
     try:
@@ -30,8 +32,10 @@ def cmd_inflate(args: argparse.Namespace) -> None:
     tmp = args.output.with_name(f".{args.output.name}.tmp")
     model.save_pretrained(tmp)
     tmp.rename(args.output)
-    print(f"inflated {args.image_vae} into {args.output} "
-          f"(post_quant_conv {'kept as a layer' if model.config.use_post_quant_conv else 'folded'})")
+    print(
+        f"inflated {args.image_vae} into {args.output} "
+        f"(post_quant_conv {'kept as a layer' if model.config.use_post_quant_conv else 'folded'})"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -58,10 +62,16 @@ def register(sub) -> None:
         "reproduces the image VAE. post_quant_conv is folded only when exact (zero bias) unless\n"
         "--fold-post-quant-conv is given (released layout, approximate at the latent border).",
     )
-    p.add_argument("--image-vae", type=Path, required=True, metavar="DIR", help="AutoencoderKL folder")
+    p.add_argument(
+        "--image-vae", type=Path, required=True, metavar="DIR", help="AutoencoderKL folder"
+    )
     p.add_argument("output", type=Path, metavar="OUT", help="new CV-VAE folder (must not exist)")
-    p.add_argument("--fold-post-quant-conv", action="store_true", default=None,
-                   help="always fold post_quant_conv into decoder.conv_in")
+    p.add_argument(
+        "--fold-post-quant-conv",
+        action="store_true",
+        default=None,
+        help="always fold post_quant_conv into decoder.conv_in",
+    )
     p.set_defaults(run=cmd_inflate)
 
     p = sub.add_parser(

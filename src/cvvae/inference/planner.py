@@ -58,7 +58,9 @@ class ChunkPlan:
     decode_stats: str = "running"
     tile_size: int | None = None  # spatial tiles of about this many video pixels ...
     tile_levels: int = 2  # ... for this many full-resolution levels (streaming.encoder_parts) ...
-    tile_order: str = "lockstep"  # ... all advancing together, or one at a time (streaming.run_parts)
+    tile_order: str = (
+        "lockstep"  # ... all advancing together, or one at a time (streaming.run_parts)
+    )
     # lockstep tiles, running statistics: each call first samples the tiles on crops of 1/N of their
     # side (0: off); it brings the decoder closer, the encoder (one long call) not (docs/performance.md)
     encode_sampling: int = 0
@@ -66,7 +68,9 @@ class ChunkPlan:
 
     def __post_init__(self):
         if self.encode_frames < MIN_ENCODE_FRAMES or self.encode_frames % 4:
-            raise ValueError(f"encode_frames must be a multiple of 4 and >= 4, got {self.encode_frames}")
+            raise ValueError(
+                f"encode_frames must be a multiple of 4 and >= 4, got {self.encode_frames}"
+            )
         if self.decode_latents < 1:
             raise ValueError(f"decode_latents must be >= 1, got {self.decode_latents}")
         if self.tile_size is not None and self.tile_size < 64:
@@ -74,7 +78,9 @@ class ChunkPlan:
         if self.tile_levels < 1:
             raise ValueError(f"tile_levels must be >= 1, got {self.tile_levels}")
         if min(self.encode_sampling, self.decode_sampling) < 0:
-            raise ValueError(f"tile sampling must be >= 0 (0: off), got {self.encode_sampling}, {self.decode_sampling}")
+            raise ValueError(
+                f"tile sampling must be >= 0 (0: off), got {self.encode_sampling}, {self.decode_sampling}"
+            )
         if self.tile_order not in TILE_ORDERS:
             raise ValueError(f"tile_order must be one of {TILE_ORDERS}, got {self.tile_order!r}")
         for stats in (self.encode_stats, self.decode_stats):
@@ -82,8 +88,18 @@ class ChunkPlan:
                 raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
 
 
-def tiled_peak(frames: int, height: int, width: int, base_channels: int, top_channels: int, itemsize: int,
-               direction: str, tile: int, encode_frames: int = MIN_ENCODE_FRAMES, sampled: bool = True) -> float:
+def tiled_peak(
+    frames: int,
+    height: int,
+    width: int,
+    base_channels: int,
+    top_channels: int,
+    itemsize: int,
+    direction: str,
+    tile: int,
+    encode_frames: int = MIN_ENCODE_FRAMES,
+    sampled: bool = True,
+) -> float:
     """Estimated peak bytes of ``direction`` with ``tile``-pixel tiles advancing in lockstep
     (mostly their caches), the encoder taking ``encode_frames`` per chunk, each call
     ``sampled`` on crops first or not."""
@@ -91,14 +107,22 @@ def tiled_peak(frames: int, height: int, width: int, base_channels: int, top_cha
     longer = 0.0
     if direction == "encode":
         padded = (min(tile, height) + 2 * TILE_HALO) * (min(tile, width) + 2 * TILE_HALO)
-        longer = itemsize * base_channels * padded * TILED_CHUNK_COPIES * (encode_frames - MIN_ENCODE_FRAMES)
+        longer = (
+            itemsize
+            * base_channels
+            * padded
+            * TILED_CHUNK_COPIES
+            * (encode_frames - MIN_ENCODE_FRAMES)
+        )
     peak = _whole(frames, height * width, top_channels, itemsize) + caches + longer
     return peak * (1 + SAMPLING_OVERHEAD) if sampled else peak
 
 
 def _whole(frames: int, pixels: int, top_channels: int, itemsize: int) -> float:
     """Bytes that stay whole: input and output clips, the latent-resolution head."""
-    return itemsize * (2 * 3 * frames * pixels + HEAD_COPIES * top_channels * frames * pixels // 256)
+    return itemsize * (
+        2 * 3 * frames * pixels + HEAD_COPIES * top_channels * frames * pixels // 256
+    )
 
 
 def plan_for_budget(
@@ -121,7 +145,9 @@ def plan_for_budget(
     pixels = height * width
     whole = _whole(frames, pixels, top_channels, itemsize)
     per_pixel_frame = itemsize * ACTIVATION_COPIES[direction] * base_channels
-    room = max(0.0, budget_bytes - whole) / (per_pixel_frame * pixels) - 2  # two cached frames ride along
+    room = (
+        max(0.0, budget_bytes - whole) / (per_pixel_frame * pixels) - 2
+    )  # two cached frames ride along
     encode_frames = max(MIN_ENCODE_FRAMES, int(room) // 4 * 4)
     decode_latents = max(1, int(room) // 4)
     tile, order = None, "lockstep"
@@ -139,23 +165,45 @@ def plan_for_budget(
             tile = max(64, (int(math.sqrt(area)) - 2 * TILE_HALO) // 8 * 8)
             least = kept + per_pixel_frame * (MIN_ENCODE_FRAMES + 2) * (64 + 2 * TILE_HALO) ** 2
             if tile < max(height, width) and least > budget_bytes:
-                logger.warning("memory budget %.2f GiB is below what 64-px tiles need to %s %d frames %dx%d",
-                               budget_bytes / 2**30, direction, frames, width, height)
+                logger.warning(
+                    "memory budget %.2f GiB is below what 64-px tiles need to %s %d frames %dx%d",
+                    budget_bytes / 2**30,
+                    direction,
+                    frames,
+                    width,
+                    height,
+                )
         if tile >= max(height, width):
             tile = None
         elif order == "lockstep":  # what the caches leave: longer encoder chunks
-            while encode_frames + 4 < frames and budget_bytes >= tiled_peak(*shape, encode_frames + 4, sampled):
+            while encode_frames + 4 < frames and budget_bytes >= tiled_peak(
+                *shape, encode_frames + 4, sampled
+            ):
                 encode_frames += 4
-    return ChunkPlan(encode_frames, decode_latents, tile_size=tile, tile_order=order,
-                     encode_sampling=sampling["encode"], decode_sampling=sampling["decode"])
+    return ChunkPlan(
+        encode_frames,
+        decode_latents,
+        tile_size=tile,
+        tile_order=order,
+        encode_sampling=sampling["encode"],
+        decode_sampling=sampling["decode"],
+    )
 
 
 def describe_plan(plan: ChunkPlan, direction: str) -> str:
     """One line saying how ``direction`` (``"encode"`` or ``"decode"``) runs under ``plan``."""
     if direction == "encode":
-        chunks, stats, sampling = f"{plan.encode_frames} frames per chunk", plan.encode_stats, plan.encode_sampling
+        chunks, stats, sampling = (
+            f"{plan.encode_frames} frames per chunk",
+            plan.encode_stats,
+            plan.encode_sampling,
+        )
     else:
-        chunks, stats, sampling = f"{plan.decode_latents} latent frames per chunk", plan.decode_stats, plan.decode_sampling
+        chunks, stats, sampling = (
+            f"{plan.decode_latents} latent frames per chunk",
+            plan.decode_stats,
+            plan.decode_sampling,
+        )
     if plan.tile_size and plan.tile_order == "sequential":
         stats = "two_pass"  # one tile at a time needs the statistics first
     line = f"{direction}: {chunks}, {stats} statistics"

@@ -33,12 +33,18 @@ def first_nonfinite_module(root: nn.Module, run: Callable[[], object]) -> str | 
     return found[0] if found else None
 
 
-def check_finite(output: torch.Tensor, root: nn.Module, run: Callable[[], object], what: str) -> None:
+def check_finite(
+    output: torch.Tensor, root: nn.Module, run: Callable[[], object], what: str
+) -> None:
     """Raise :class:`NonFiniteError` naming the first culprit layer if ``output`` is not finite
     (``meta`` tensors hold no values and pass)."""
     if output.device.type == "meta" or torch.isfinite(output).all():
         return
     culprit = first_nonfinite_module(root, run)
     where = f"first produced by layer '{culprit}'" if culprit else "no single layer found"
-    hint = "run in bfloat16 or float32" if output.dtype == torch.float16 else "check the weights and input"
+    hint = (
+        "run in bfloat16 or float32"
+        if output.dtype == torch.float16
+        else "check the weights and input"
+    )
     raise NonFiniteError(f"{what} produced non-finite values in {output.dtype} ({where}); {hint}")

@@ -93,7 +93,9 @@ class StreamState:
         self._started: set[nn.Module] = set()
         self._ended: set[nn.Module] = set()
 
-    def begin_call(self, final: bool, unseen: Callable[[nn.Module], _Moments | None] | None = None) -> None:
+    def begin_call(
+        self, final: bool, unseen: Callable[[nn.Module], _Moments | None] | None = None
+    ) -> None:
         """Start one call of the network; ``final``: no new input frames will follow.
         ``unseen(norm)``, when given: moments of what this call brings but this state does not
         see (other tiles), merged into its running statistics for this call."""
@@ -106,8 +108,12 @@ class StreamState:
         return self._upstream_done
 
     # -- temporal convolutions -----------------------------------------------------------
-    def conv(self, conv: PaddedConv3d, x: torch.Tensor,
-             prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    def conv(
+        self,
+        conv: PaddedConv3d,
+        x: torch.Tensor,
+        prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Run ``conv`` on the frames now available; keep the unconsumed ones for later.
 
         ``prepare``, a per-frame map (the upsampler's nearest 2x), is applied to the frames the
@@ -116,21 +122,29 @@ class StreamState:
         w = self._window(conv, x)
         return self._run_window(conv, w.frames if prepare is None else prepare(w.frames), w.n)
 
-    def block_conv(self, conv: PaddedConv3d, norm: VideoGroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def block_conv(
+        self, conv: PaddedConv3d, norm: VideoGroupNorm, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A ResNet block's ``conv(silu(norm(x)))`` on the frames now available, and the frames of
         ``x`` its outputs line up with (the skip). The cache holds ``x`` itself, normalised anew
         on each call, so the skip needs no cache of its own."""
         self._count(norm, x)
         frames, n, lead, tail, offset, own = self._window(conv, x)
-        before = conv.pad_spec.time[0]  # in the window: the frame each output is centred on (or ends at)
+        before = conv.pad_spec.time[
+            0
+        ]  # in the window: the frame each output is centred on (or ends at)
         if offset <= before and before - offset + n <= x.shape[2]:
-            skip = x[:, :, before - offset : before - offset + n]  # a view of what the caller holds anyway
+            skip = x[
+                :, :, before - offset : before - offset + n
+            ]  # a view of what the caller holds anyway
         else:  # from the window, which is normalised in place below when it is our own
             skip = frames[:, :, before : before + n]
             skip = skip.clone() if own else skip
         if n:
             frames = F.silu(self._normalise(norm, frames, inplace=own), inplace=True)
-            if conv.pad_spec.time_mode == "zeros":  # padding frames are zeros after the norm, not before
+            if (
+                conv.pad_spec.time_mode == "zeros"
+            ):  # padding frames are zeros after the norm, not before
                 frames[:, :, :lead] = 0
                 frames[:, :, frames.shape[2] - tail :] = 0
         return self._run_window(conv, frames, n), skip
@@ -152,17 +166,21 @@ class StreamState:
         if n < available:  # held back: what follows this conv has not received everything
             self._upstream_done = False
         kept = x.shape[2] - n * s
-        self._pending[conv] = x[:, :, n * s:].clone()  # a copy: a view would pin the whole chunk
+        self._pending[conv] = x[:, :, n * s :].clone()  # a copy: a view would pin the whole chunk
         self._padding[conv] = (max(0, lead - n * s), min(tail, kept))
         read = (n - 1) * s + k if n else 0
-        return _Window(x[:, :, :read], n, min(lead, read), max(0, read - (x.shape[2] - tail)), offset, own)
+        return _Window(
+            x[:, :, :read], n, min(lead, read), max(0, read - (x.shape[2] - tail)), offset, own
+        )
 
     def _run_window(self, conv: PaddedConv3d, window: torch.Tensor, n: int) -> torch.Tensor:
         if n == 0:
             return self._empty_output(conv, window)
         return conv.conv_valid_time(window)
 
-    def _with_cache_and_padding(self, conv: PaddedConv3d, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    def _with_cache_and_padding(
+        self, conv: PaddedConv3d, x: torch.Tensor
+    ) -> tuple[torch.Tensor, int, int]:
         """``x`` after ``conv``'s cached frames (or its start padding, on the first call) and, once
         upstream is done, its end padding: one copy, and how many frames of it are start / end
         padding. Nothing here outlives the call, so the old cache is freed as soon as the caller
@@ -220,7 +238,9 @@ class StreamState:
         self.totals[norm] = chunk if total is None else total.merge(chunk)
         self._latest[norm] = chunk
 
-    def _normalise(self, norm: VideoGroupNorm, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    def _normalise(
+        self, norm: VideoGroupNorm, x: torch.Tensor, inplace: bool = False
+    ) -> torch.Tensor:
         """``x`` normalised by ``stats_mode``'s statistics (``"chunk"``: the latest call's), in
         place when ``inplace`` (no new activation-sized tensor)."""
         b, c = x.shape[:2]
@@ -229,7 +249,9 @@ class StreamState:
             mean, var = self.frozen_stats[norm]
         else:
             use = self._latest[norm] if self.stats_mode == "chunk" else self.totals[norm]
-            unseen = None if self._unseen is None else self._unseen(norm)  # given in running mode only
+            unseen = (
+                None if self._unseen is None else self._unseen(norm)
+            )  # given in running mode only
             use = use if unseen is None else use.merge(unseen)
             mean, var = use.mean, use.var
         if self.pool > 1:
@@ -274,23 +296,30 @@ class _Moments:
     def pooled(self, samples: int) -> _Moments:
         """The moments of ``samples`` sets stacked along the batch ``(samples * B, G)``, pooled:
         ``(B, G)``."""
-        return functools.reduce(_Moments.merge, [self.sample(i, samples, self.count) for i in range(samples)])
+        return functools.reduce(
+            _Moments.merge, [self.sample(i, samples, self.count) for i in range(samples)]
+        )
 
     def sample(self, i: int, samples: int, count: int) -> _Moments:
         """Sample ``i`` of ``samples`` stacked along the batch, standing for ``count`` values."""
         b = self.mean.shape[0] // samples
-        return _Moments(count, self.mean[i * b:(i + 1) * b], self.var[i * b:(i + 1) * b])
+        return _Moments(count, self.mean[i * b : (i + 1) * b], self.var[i * b : (i + 1) * b])
 
     def merge(self, other: _Moments) -> _Moments:
         n = self.count + other.count
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.count / n)
-        m2 = self.var * self.count + other.var * other.count + delta.square() * (self.count * other.count / n)
+        m2 = (
+            self.var * self.count
+            + other.var * other.count
+            + delta.square() * (self.count * other.count / n)
+        )
         return _Moments(n, mean, m2 / n)
 
 
-def chunk_calls(step: Callable[[torch.Tensor, bool], tuple[torch.Tensor, bool]], chunks: list[torch.Tensor]
-                ) -> Iterator[torch.Tensor]:
+def chunk_calls(
+    step: Callable[[torch.Tensor, bool], tuple[torch.Tensor, bool]], chunks: list[torch.Tensor]
+) -> Iterator[torch.Tensor]:
     """Feed ``chunks`` in order to ``step(chunk, final)`` (one call of the network; ``final``:
     no new frames follow; it returns its output and whether that was the last), then empty
     chunks until everything has flowed, yielding each call's output (possibly no frames)."""
@@ -317,13 +346,22 @@ class Stage:
     crops of ``1 / sampling`` of their side (:class:`TileSampler`); 0: no sampling.
     """
 
-    def __init__(self, part: Callable, tiles: list[Tile] | None, scale: tuple[int, int],
-                 new_state: Callable[[Tile | None], StreamState], sampling: int = 0):
+    def __init__(
+        self,
+        part: Callable,
+        tiles: list[Tile] | None,
+        scale: tuple[int, int],
+        new_state: Callable[[Tile | None], StreamState],
+        sampling: int = 0,
+    ):
         self.part, self.tiles, self.scale = part, tiles, scale
         self.states = [new_state(tile) for tile in tiles] if tiles else [new_state(None)]
         running = self.states[0].stats_mode == "running"
-        self.sampler = TileSampler(part, tiles, scale[1], sampling, self.states[0].max_latents) \
-            if tiles and sampling and running else None
+        self.sampler = (
+            TileSampler(part, tiles, scale[1], sampling, self.states[0].max_latents)
+            if tiles and sampling and running
+            else None
+        )
 
     def __call__(self, x: torch.Tensor, final: bool) -> tuple[torch.Tensor, bool]:
         """The part's output for chunk ``x`` and whether it is final (everything flushed)."""
@@ -353,22 +391,32 @@ class TileSampler:
     the whole frame's). Costs about ``(1 / sampling)**2`` of the tiled part, plus halos.
     """
 
-    def __init__(self, part: Callable, tiles: list[Tile], align: int, sampling: int, max_latents: int | None):
+    def __init__(
+        self, part: Callable, tiles: list[Tile], align: int, sampling: int, max_latents: int | None
+    ):
         self.part, self.tiles, self.align, self.sampling = part, tiles, align, sampling
         self.max_latents = max_latents
         self.crops: list[Tile] | None = None  # made on the first call, when the frame size is known
         self.state: StreamState | None = None
         self.ratios: list[float] = []  # each tile's own area per crop's
 
-    def __call__(self, x: torch.Tensor, final: bool) -> list[Callable[[nn.Module], _Moments | None] | None]:
+    def __call__(
+        self, x: torch.Tensor, final: bool
+    ) -> list[Callable[[nn.Module], _Moments | None] | None]:
         """Per tile: the moments of the tiles after it in this call, by norm (``None`` where no
         crop fits the frame or the chunk has no frames)."""
         if self.crops is None:
             self.crops = centre_crops(self.tiles, x.shape[3:], self.align, self.sampling) or []
             if self.crops:
-                self.state = StreamState("running", max_latents=self.max_latents,
-                                         region=self.crops[0].own_part, pool=len(self.crops))
-                self.ratios = [_area(t.own) / _area(c.own) for t, c in zip(self.tiles, self.crops, strict=True)]
+                self.state = StreamState(
+                    "running",
+                    max_latents=self.max_latents,
+                    region=self.crops[0].own_part,
+                    pool=len(self.crops),
+                )
+                self.ratios = [
+                    _area(t.own) / _area(c.own) for t, c in zip(self.tiles, self.crops, strict=True)
+                ]
         if not self.crops or x.shape[2] == 0:
             return [None] * len(self.tiles)
         state, n = self.state, len(self.crops)
@@ -383,8 +431,11 @@ class TileSampler:
                 crops = sampled.get(norm)
                 if crops is None or j + 1 == n:
                     return None
-                later = [crops.sample(k, n, round(crops.count * ratios[k])) for k in range(j + 1, n)]
+                later = [
+                    crops.sample(k, n, round(crops.count * ratios[k])) for k in range(j + 1, n)
+                ]
                 return functools.reduce(_Moments.merge, later)
+
             return moments
 
         return [after(j) for j in range(n)]
@@ -394,24 +445,38 @@ def _area(region: tuple[slice, slice]) -> int:
     return (region[0].stop - region[0].start) * (region[1].stop - region[1].start)
 
 
-def _place(out: torch.Tensor | None, y: torch.Tensor, tile: Tile, size: tuple[int, int],
-           scale: tuple[int, int]) -> torch.Tensor:
+def _place(
+    out: torch.Tensor | None,
+    y: torch.Tensor,
+    tile: Tile,
+    size: tuple[int, int],
+    scale: tuple[int, int],
+) -> torch.Tensor:
     """Write the own region of ``y`` (a tile's output) into ``out``, the output for a
     ``size`` input frame (allocated on the first tile), ``scale = (num, den)``."""
     num, den = scale
     if out is None:
         out = y.new_empty(*y.shape[:3], size[0] * num // den, size[1] * num // den)
     rows, cols = (tile.crop(axis, num, den) for axis in (0, 1))
-    out[..., tile.own[0].start * num // den : tile.own[0].stop * num // den,
-        tile.own[1].start * num // den : tile.own[1].stop * num // den] = y[..., rows, cols]
+    out[
+        ...,
+        tile.own[0].start * num // den : tile.own[0].stop * num // den,
+        tile.own[1].start * num // den : tile.own[1].stop * num // den,
+    ] = y[..., rows, cols]
     return out
 
 
 Part = tuple[Callable, list[Tile] | None, tuple[int, int]]  # (part, tiles or None, scale): a Stage
 
 
-def _chunked_pass(parts: list[Part], chunks: list[torch.Tensor], stats_mode: str, max_latents: int,
-                  frozen: dict | None = None, sampling: int = 0) -> tuple[Iterator[torch.Tensor], dict]:
+def _chunked_pass(
+    parts: list[Part],
+    chunks: list[torch.Tensor],
+    stats_mode: str,
+    max_latents: int,
+    frozen: dict | None = None,
+    sampling: int = 0,
+) -> tuple[Iterator[torch.Tensor], dict]:
     """The calls of one chunked pass through ``parts`` in order, and the clip totals it fills
     (tiled parts with ``sampling``, see :class:`Stage`)."""
     totals: dict = {}
@@ -426,8 +491,9 @@ def _chunked_pass(parts: list[Part], chunks: list[torch.Tensor], stats_mode: str
     return chunk_calls(step, chunks), totals
 
 
-def _state_factory(stats_mode: str, frozen: dict | None, max_latents: int,
-                   totals: dict) -> Callable[[Tile | None], StreamState]:
+def _state_factory(
+    stats_mode: str, frozen: dict | None, max_latents: int, totals: dict
+) -> Callable[[Tile | None], StreamState]:
     """New states of one pass (all counting into ``totals``), for whole frames or a tile."""
 
     def new_state(tile: Tile | None) -> StreamState:
@@ -451,9 +517,16 @@ def _collect(calls: Iterator[torch.Tensor], out_frames: int | None = None) -> to
     return out
 
 
-def run_parts(parts: list[Part], chunks: list[torch.Tensor], stats: str, out_frames: int,
-              max_latents: int, frozen: dict | None = None, order: str = "lockstep",
-              sampling: int = 0) -> torch.Tensor:
+def run_parts(
+    parts: list[Part],
+    chunks: list[torch.Tensor],
+    stats: str,
+    out_frames: int,
+    max_latents: int,
+    frozen: dict | None = None,
+    order: str = "lockstep",
+    sampling: int = 0,
+) -> torch.Tensor:
     """Run a trunk, cut into ``parts`` (each on whole frames or tiles, see :class:`Stage`), over
     consecutive time chunks of one clip; the output has ``out_frames`` frames; ``max_latents``
     caps each conv's output per call. ``stats`` is the statistics mode (module docstring);
@@ -474,7 +547,9 @@ def run_parts(parts: list[Part], chunks: list[torch.Tensor], stats: str, out_fra
             frozen = _as_stats(_part_by_part(parts, chunks, "running", max_latents)[1])
         out = _part_by_part(parts, chunks, "frozen", max_latents, frozen)[0]
         if out.shape[2] != out_frames:
-            raise RuntimeError(f"chunked pass produced {out.shape[2]} frames, expected {out_frames}")
+            raise RuntimeError(
+                f"chunked pass produced {out.shape[2]} frames, expected {out_frames}"
+            )
         return out
     if frozen is None and stats == "two_pass":
         calls, totals = _chunked_pass(parts, chunks, "running", max_latents, sampling=sampling)
@@ -486,8 +561,13 @@ def run_parts(parts: list[Part], chunks: list[torch.Tensor], stats: str, out_fra
     return _collect(calls, out_frames)
 
 
-def _part_by_part(parts: list[Part], chunks: list[torch.Tensor], stats_mode: str, max_latents: int,
-                  frozen: dict | None = None) -> tuple[torch.Tensor, dict]:
+def _part_by_part(
+    parts: list[Part],
+    chunks: list[torch.Tensor],
+    stats_mode: str,
+    max_latents: int,
+    frozen: dict | None = None,
+) -> tuple[torch.Tensor, dict]:
     """One chunked pass in ``"sequential"`` order: its output and the clip totals it counted
     (tiles normalised with what the tiles before them pooled, when ``"running"``)."""
     totals: dict = {}
@@ -495,7 +575,9 @@ def _part_by_part(parts: list[Part], chunks: list[torch.Tensor], stats_mode: str
 
     def run(part: Callable, part_chunks: list[torch.Tensor], tile: Tile | None) -> torch.Tensor:
         """``part`` over the whole clip (a tile's, when given), as one whole-frame stage."""
-        return _collect(chunk_calls(Stage(part, None, (1, 1), lambda _: new_state(tile)), part_chunks))
+        return _collect(
+            chunk_calls(Stage(part, None, (1, 1), lambda _: new_state(tile)), part_chunks)
+        )
 
     for part, tiles, scale in parts:
         if tiles is None:
@@ -503,8 +585,13 @@ def _part_by_part(parts: list[Part], chunks: list[torch.Tensor], stats_mode: str
         else:
             y = None
             for tile in tiles:
-                y = _place(y, run(part, [c[..., tile.padded[0], tile.padded[1]] for c in chunks], tile),
-                           tile, chunks[0].shape[3:], scale)
+                y = _place(
+                    y,
+                    run(part, [c[..., tile.padded[0], tile.padded[1]] for c in chunks], tile),
+                    tile,
+                    chunks[0].shape[3:],
+                    scale,
+                )
         chunks = list(torch.tensor_split(y, len(chunks), dim=2))
     return y, totals
 
@@ -523,7 +610,9 @@ def split_time(x: torch.Tensor, chunk_frames: int) -> list[torch.Tensor]:
     return list(torch.split(x, max(1, chunk_frames), dim=2))
 
 
-def encoder_parts(encoder: nn.Module, height: int, width: int, tile: int | None, tile_levels: int) -> list[Part]:
+def encoder_parts(
+    encoder: nn.Module, height: int, width: int, tile: int | None, tile_levels: int
+) -> list[Part]:
     """The encoder trunk as parts: whole frames, or (with ``tile`` pixels) its first
     ``tile_levels`` levels by tiles with halos and the rest on whole frames."""
     num_levels = len(encoder.down)
@@ -540,7 +629,9 @@ def encoder_parts(encoder: nn.Module, height: int, width: int, tile: int | None,
     return [(encoder.trunk, None, (1, 1))]
 
 
-def decoder_parts(decoder: nn.Module, height: int, width: int, tile: int | None, tile_levels: int) -> list[Part]:
+def decoder_parts(
+    decoder: nn.Module, height: int, width: int, tile: int | None, tile_levels: int
+) -> list[Part]:
     """The decoder trunk as parts for ``height x width`` output: whole frames, or (with
     ``tile`` pixels) its first levels on whole frames and its last ``tile_levels`` (the finest)
     by tiles with halos."""
@@ -560,8 +651,14 @@ def decoder_parts(decoder: nn.Module, height: int, width: int, tile: int | None,
 
 @torch.no_grad()
 def encode_moments(
-    encoder: nn.Module, x: torch.Tensor, chunk_frames: int, stats: str, tile: int | None = None,
-    tile_levels: int = 2, tile_order: str = "lockstep", tile_sampling: int = 0,
+    encoder: nn.Module,
+    x: torch.Tensor,
+    chunk_frames: int,
+    stats: str,
+    tile: int | None = None,
+    tile_levels: int = 2,
+    tile_order: str = "lockstep",
+    tile_sampling: int = 0,
 ) -> torch.Tensor:
     """Encoder moments of ``(B, 3, 1 + 4k, H, W)`` with the trunk run ``chunk_frames`` at a time
     (its first ``tile_levels`` levels over ``tile``-pixel spatial tiles with halos, in
@@ -569,15 +666,28 @@ def encode_moments(
     latent_frames = 1 + (x.shape[2] - 1) // 4
     per_chunk = max(4, chunk_frames) // 4 + 1  # the first chunk's 1 + n frames pass in one call
     parts = encoder_parts(encoder, x.shape[3], x.shape[4], tile, tile_levels)
-    h = run_parts(parts, split_encoder_input(x, chunk_frames), stats, latent_frames, per_chunk,
-                  order=tile_order, sampling=tile_sampling)
+    h = run_parts(
+        parts,
+        split_encoder_input(x, chunk_frames),
+        stats,
+        latent_frames,
+        per_chunk,
+        order=tile_order,
+        sampling=tile_sampling,
+    )
     return encoder.head(h)
 
 
 @torch.no_grad()
 def decode_latents(
-    decoder: nn.Module, z: torch.Tensor, chunk_latents: int, stats: str, tile: int | None = None,
-    tile_levels: int = 2, tile_order: str = "lockstep", tile_sampling: int = 0,
+    decoder: nn.Module,
+    z: torch.Tensor,
+    chunk_latents: int,
+    stats: str,
+    tile: int | None = None,
+    tile_levels: int = 2,
+    tile_order: str = "lockstep",
+    tile_sampling: int = 0,
 ) -> torch.Tensor:
     """Decoded video of latents ``(B, C, t, h, w)``, the trunk run ``chunk_latents`` latent
     frames at a time (its last ``tile_levels`` levels over ``tile``-pixel output tiles with
@@ -586,5 +696,12 @@ def decode_latents(
     h = decoder.head(z)
     size = 2 ** (len(decoder.up) - 1)
     parts = decoder_parts(decoder, h.shape[3] * size, h.shape[4] * size, tile, tile_levels)
-    return run_parts(parts, split_time(h, chunk_latents), stats, frames, chunk_latents, order=tile_order,
-                     sampling=tile_sampling)
+    return run_parts(
+        parts,
+        split_time(h, chunk_latents),
+        stats,
+        frames,
+        chunk_latents,
+        order=tile_order,
+        sampling=tile_sampling,
+    )

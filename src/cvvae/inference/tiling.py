@@ -49,8 +49,10 @@ class Tile:
     def own_part(self, x: torch.Tensor) -> torch.Tensor:
         """The own region of ``x (..., h, w)``, an activation computed from the padded region at
         any whole scale (``h`` pixels for the padded region's rows)."""
-        rows, cols = (self.crop(axis, x.shape[-2 + axis], self.padded[axis].stop - self.padded[axis].start)
-                      for axis in (0, 1))
+        rows, cols = (
+            self.crop(axis, x.shape[-2 + axis], self.padded[axis].stop - self.padded[axis].start)
+            for axis in (0, 1)
+        )
         return x[..., rows, cols]
 
     def crop(self, axis: int, num: int, den: int) -> slice:
@@ -84,14 +86,22 @@ def tile_grid(height: int, width: int, tile: int, halo: int, align: int) -> list
     ]
 
 
-def centre_crops(tiles: list[Tile], size: tuple[int, int], align: int, fraction: int) -> list[Tile] | None:
+def centre_crops(
+    tiles: list[Tile], size: tuple[int, int], align: int, fraction: int
+) -> list[Tile] | None:
     """One crop per tile of a ``size`` frame, at the tile's centre, all of one shape: a side of
     ``1 / fraction`` of the smallest tile's (a multiple of ``align``) and the tiles' widest halo
     on every side, which stays inside the tile since the side is at least three halos. ``None``
     where crops would be narrower than that (measured: such crops sample worse than none)."""
-    halo = max(max(t.own[a].start - t.padded[a].start, t.padded[a].stop - t.own[a].stop)
-               for t in tiles for a in (0, 1))
-    sides = [min(t.own[a].stop - t.own[a].start for t in tiles) // fraction // align * align for a in (0, 1)]
+    halo = max(
+        max(t.own[a].start - t.padded[a].start, t.padded[a].stop - t.own[a].stop)
+        for t in tiles
+        for a in (0, 1)
+    )
+    sides = [
+        min(t.own[a].stop - t.own[a].start for t in tiles) // fraction // align * align
+        for a in (0, 1)
+    ]
     if min(sides) < max(align, 3 * halo):
         return None
     crops = []
@@ -99,6 +109,8 @@ def centre_crops(tiles: list[Tile], size: tuple[int, int], align: int, fraction:
         spans = []
         for a in (0, 1):
             start = ((t.own[a].start + t.own[a].stop) // 2 - sides[a] // 2) // align * align
-            spans.append((slice(start, start + sides[a]), slice(start - halo, start + sides[a] + halo)))
+            spans.append(
+                (slice(start, start + sides[a]), slice(start - halo, start + sides[a] + halo))
+            )
         crops.append(Tile((spans[0][0], spans[1][0]), (spans[0][1], spans[1][1])))
     return crops

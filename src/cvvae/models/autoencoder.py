@@ -95,7 +95,9 @@ class CVVAE(ModelMixin, ConfigMixin):
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if state_dict_layout not in LAYOUTS:
-            raise ValueError(f"state_dict_layout must be one of {LAYOUTS}, got {state_dict_layout!r}")
+            raise ValueError(
+                f"state_dict_layout must be one of {LAYOUTS}, got {state_dict_layout!r}"
+            )
         if len(block_out_channels) != 4:
             raise ValueError("block_out_channels must have 4 levels (8x space, 4x time)")
         common = dict(
@@ -109,7 +111,9 @@ class CVVAE(ModelMixin, ConfigMixin):
             dropout=dropout,
         )
         self.encoder = Encoder(in_channels, **common)
-        self.decoder = Decoder(out_channels, temporal_attention=decoder_temporal_attention, **common)
+        self.decoder = Decoder(
+            out_channels, temporal_attention=decoder_temporal_attention, **common
+        )
         # A 1x1 conv on latents before the decoder, kept only by inflation from an image VAE whose
         # post_quant_conv has a bias (see inflation.py); the released models have none.
         self.post_quant_conv = (
@@ -186,8 +190,17 @@ class CVVAE(ModelMixin, ConfigMixin):
         default for the decoder, whose small calls it brings much closer to the full pass);
         docs/performance.md.
         """
-        self._chunk_plan = ChunkPlan(encode_frames, decode_latents, encode_stats, decode_stats,
-                                     tile_size, tile_levels, tile_order, encode_sampling, decode_sampling)
+        self._chunk_plan = ChunkPlan(
+            encode_frames,
+            decode_latents,
+            encode_stats,
+            decode_stats,
+            tile_size,
+            tile_levels,
+            tile_order,
+            encode_sampling,
+            decode_sampling,
+        )
         self._memory_budget = None
 
     def set_memory_budget(self, gib: float) -> None:
@@ -208,10 +221,24 @@ class CVVAE(ModelMixin, ConfigMixin):
         if self._memory_budget is None:
             return self._chunk_plan
         channels = self.config.block_out_channels
-        plan = plan_for_budget(self._memory_budget * 2**30, frames, height, width, channels[0],
-                               channels[-1], self.dtype.itemsize, direction)
-        logger.info("memory budget %.2f GiB, %d frames %dx%d -> %s", self._memory_budget, frames,
-                    width, height, describe_plan(plan, direction))
+        plan = plan_for_budget(
+            self._memory_budget * 2**30,
+            frames,
+            height,
+            width,
+            channels[0],
+            channels[-1],
+            self.dtype.itemsize,
+            direction,
+        )
+        logger.info(
+            "memory budget %.2f GiB, %d frames %dx%d -> %s",
+            self._memory_budget,
+            frames,
+            width,
+            height,
+            describe_plan(plan, direction),
+        )
         return plan
 
     # ----------------------------------------------------------------- encode / decode
@@ -219,15 +246,25 @@ class CVVAE(ModelMixin, ConfigMixin):
         """Encode ``(B, 3, T, H, W)`` (or an image ``(B, 3, H, W)``) to a posterior over latents
         ``(B, C, t, h, w)`` (``(B, C, h, w)`` for images), see :meth:`latent_shape`."""
         if x.dim() not in (4, 5):
-            raise ValueError(f"expected (B, 3, T, H, W) or (B, 3, H, W), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"expected (B, 3, T, H, W) or (B, 3, H, W), got shape {tuple(x.shape)}"
+            )
         image = x.dim() == 4
         video = self._pad_input(x.unsqueeze(2) if image else x)
         plan = None if image else self._plan("encode", *video.shape[2:])
         if plan is None:
             moments = self.encoder(video)
         else:
-            moments = encode_moments(self.encoder, video, plan.encode_frames, plan.encode_stats,
-                                     plan.tile_size, plan.tile_levels, plan.tile_order, plan.encode_sampling)
+            moments = encode_moments(
+                self.encoder,
+                video,
+                plan.encode_frames,
+                plan.encode_stats,
+                plan.tile_size,
+                plan.tile_levels,
+                plan.tile_order,
+                plan.encode_sampling,
+            )
         if not torch.is_grad_enabled():
             check_finite(moments, self.encoder, lambda: self.encoder(video), "encoder")
         posterior = DiagonalGaussian(moments.squeeze(2) if image else moments)
@@ -247,19 +284,37 @@ class CVVAE(ModelMixin, ConfigMixin):
         images. ``generator`` is accepted for diffusers pipelines and unused (decoding is
         deterministic)."""
         if z.dim() not in (4, 5):
-            raise ValueError(f"expected (B, C, t, h, w) or (B, C, h, w), got shape {tuple(z.shape)}")
+            raise ValueError(
+                f"expected (B, C, t, h, w) or (B, C, h, w), got shape {tuple(z.shape)}"
+            )
         image = z.dim() == 4
         z = z.unsqueeze(2) if image else z
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         t, h, w = z.shape[2:]
-        plan = None if image else self._plan("decode", 1 + (t - 1) * self.temporal_compression,
-                                            h * self.spatial_compression, w * self.spatial_compression)
+        plan = (
+            None
+            if image
+            else self._plan(
+                "decode",
+                1 + (t - 1) * self.temporal_compression,
+                h * self.spatial_compression,
+                w * self.spatial_compression,
+            )
+        )
         if plan is None:
             x = self.decoder(z)
         else:
-            x = decode_latents(self.decoder, z, plan.decode_latents, plan.decode_stats, plan.tile_size,
-                               plan.tile_levels, plan.tile_order, plan.decode_sampling)
+            x = decode_latents(
+                self.decoder,
+                z,
+                plan.decode_latents,
+                plan.decode_stats,
+                plan.tile_size,
+                plan.tile_levels,
+                plan.tile_order,
+                plan.decode_sampling,
+            )
         if not torch.is_grad_enabled():
             check_finite(x, self.decoder, lambda: self.decoder(z), "decoder")
         x = x[:, :, :num_frames, :height, :width]
@@ -284,7 +339,9 @@ class CVVAE(ModelMixin, ConfigMixin):
     # ----------------------------------------------------------------- checkpoints
     def layout_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict under the checkpoint names and shapes of ``config.state_dict_layout``."""
-        return to_layout(self.state_dict(), self.config.state_dict_layout, len(self.config.block_out_channels))
+        return to_layout(
+            self.state_dict(), self.config.state_dict_layout, len(self.config.block_out_channels)
+        )
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_ignored) -> None:
         """Write ``config.json`` and ``diffusion_pytorch_model.safetensors`` (in the config's layout)."""
@@ -324,8 +381,11 @@ class CVVAE(ModelMixin, ConfigMixin):
         except Exception as error:  # safetensors raises several types for corrupt files
             raise UserInputError(f"unreadable model weights ({error}): {weights_path}") from None
         tensors = from_layout(
-            checkpoint, model.state_dict(), model.config.state_dict_layout,
-            len(model.config.block_out_channels), str(weights_path),
+            checkpoint,
+            model.state_dict(),
+            model.config.state_dict_layout,
+            len(model.config.block_out_channels),
+            str(weights_path),
         )
         model.load_state_dict(tensors, strict=True, assign=True)
         if torch_dtype is not None:
@@ -360,6 +420,8 @@ def _resolve_folder(name: str, subfolder: str | None) -> Path:
         pattern = f"{subfolder}/*" if subfolder else "*"
         root = Path(snapshot_download(name, allow_patterns=[pattern]))
     except Exception as error:
-        raise UserInputError(f"cannot fetch model {name!r} from the Hub ({type(error).__name__}); "
-                             f"pass a local folder instead: {name}") from None
+        raise UserInputError(
+            f"cannot fetch model {name!r} from the Hub ({type(error).__name__}); "
+            f"pass a local folder instead: {name}"
+        ) from None
     return root / subfolder if subfolder else root

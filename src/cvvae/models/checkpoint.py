@@ -24,12 +24,23 @@ LAYOUTS = ("ldm", "diffusers")
 
 # Released-config values that our architecture implements; anything else is refused.
 _SD21_REQUIRED = {
-    "use_3d_conv": True, "half_3d": True, "causal_encoder": True, "causal_decoder": False,
-    "double_z": True, "attn_resolutions": [], "time_n_compress": 4, "spatial_n_compress": 8,
+    "use_3d_conv": True,
+    "half_3d": True,
+    "causal_encoder": True,
+    "causal_decoder": False,
+    "double_z": True,
+    "attn_resolutions": [],
+    "time_n_compress": 4,
+    "spatial_n_compress": 8,
 }
 _SD3_REQUIRED = {
-    "half_3d": True, "causal_encoder": True, "causal_decoder": False, "double_z": True,
-    "act_fn": "silu", "time_n_compress": 4, "spatial_n_compress": 8,
+    "half_3d": True,
+    "causal_encoder": True,
+    "causal_decoder": False,
+    "double_z": True,
+    "act_fn": "silu",
+    "time_n_compress": 4,
+    "spatial_n_compress": 8,
 }
 _SPATIAL_ATTENTION = ("vanilla", "vanilla-xformers")
 
@@ -41,7 +52,9 @@ SD3_SHIFT_FACTOR = 0.0609
 def _check_required(config: Mapping, required: Mapping, source: str) -> None:
     for key, value in required.items():
         if key in config and config[key] != value:
-            raise UserInputError(f"unsupported {key}={config[key]!r} (expected {value!r}) in {source}")
+            raise UserInputError(
+                f"unsupported {key}={config[key]!r} (expected {value!r}) in {source}"
+            )
 
 
 def config_from_released(config: Mapping, source: str) -> dict:
@@ -60,7 +73,9 @@ def config_from_released(config: Mapping, source: str) -> dict:
         if dec_attn not in (*_SPATIAL_ATTENTION, "spatial-temporal-xformer", "none"):
             raise UserInputError(f"unsupported decoder_attn_type={dec_attn!r} in {source}")
         if (enc_attn == "none") != (dec_attn == "none"):
-            raise UserInputError(f"encoder and decoder must both have or both lack attention in {source}")
+            raise UserInputError(
+                f"encoder and decoder must both have or both lack attention in {source}"
+            )
         ch = config.get("ch", 128)
         return {
             "in_channels": config.get("in_channels", 3),
@@ -103,7 +118,13 @@ def config_from_released(config: Mapping, source: str) -> dict:
     raise UserInputError(f"unknown model class {class_name!r} in {source}")
 
 
-_ATTN_RENAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+_ATTN_RENAMES = {
+    "norm": "group_norm",
+    "q": "to_q",
+    "k": "to_k",
+    "v": "to_v",
+    "proj_out": "to_out.0",
+}
 
 
 def _diffusers_name(name: str, num_levels: int) -> str:
@@ -111,7 +132,9 @@ def _diffusers_name(name: str, num_levels: int) -> str:
         return f"decoder.up_blocks.{num_levels - 1 - int(match.group(1))}."
 
     name = re.sub(r"^encoder\.down\.(\d+)\.block\.", r"encoder.down_blocks.\1.resnets.", name)
-    name = re.sub(r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0.", name)
+    name = re.sub(
+        r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0.", name
+    )
     name = re.sub(r"^decoder\.up\.(\d+)\.block\.", lambda m: up_index(m) + "resnets.", name)
     name = re.sub(r"^decoder\.up\.(\d+)\.upsample\.", lambda m: up_index(m) + "upsamplers.0.", name)
     name = re.sub(r"\.mid\.block_1\.", ".mid_block.resnets.0.", name)
@@ -135,7 +158,9 @@ def layout_shape(name: str, shape: torch.Size, layout: str) -> tuple[int, ...]:
     """The checkpoint shape of our parameter ``name`` in ``layout``."""
     if layout == "ldm" and re.search(r"\.attn_1\.(q|k|v|proj_out)\.weight$", name):
         return (*shape, 1, 1)
-    if layout == "diffusers" and (name.endswith(".nin_shortcut.weight") or name == "post_quant_conv.weight"):
+    if layout == "diffusers" and (
+        name.endswith(".nin_shortcut.weight") or name == "post_quant_conv.weight"
+    ):
         return tuple(shape[:-1])
     return tuple(shape)
 

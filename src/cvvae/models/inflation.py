@@ -86,7 +86,9 @@ def _folded_quant_convs(image_sd: dict, fold_post_quant_conv: bool) -> dict:
 
 
 @torch.no_grad()
-def inflate_from_image_vae(image_vae: AutoencoderKL, fold_post_quant_conv: bool | None = None) -> CVVAE:
+def inflate_from_image_vae(
+    image_vae: AutoencoderKL, fold_post_quant_conv: bool | None = None
+) -> CVVAE:
     """A CV-VAE initialised from ``image_vae`` (see the module docstring for the rule).
 
     ``fold_post_quant_conv``: ``None`` folds it only when exact (zero bias); ``True`` always

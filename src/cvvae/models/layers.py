@@ -125,7 +125,9 @@ class PaddedConv3d(Conv3d):
         space_in_conv = padding.space_mode == "zeros" and left == right == top == bottom
         # time padding always stays explicit, so chunked execution can replace it with a cache
         conv_padding = (0, top, left) if space_in_conv else 0
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=conv_padding)
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=conv_padding
+        )
         self.pad_spec = padding
         self.frames_per_latent = 1  # its output frames per latent frame (set by the network)
         self._pad_space = None if space_in_conv or not any(padding.space) else padding.space
@@ -144,8 +146,11 @@ class PaddedConv3d(Conv3d):
         """Pad ``before``/``after`` frames in this conv's time mode (see :meth:`time_pad_frames`)."""
         if not (before or after):
             return x
-        parts = [self.time_pad_frames(x[:, :, :1], before), x,
-                 self.time_pad_frames(x[:, :, -1:], after)]
+        parts = [
+            self.time_pad_frames(x[:, :, :1], before),
+            x,
+            self.time_pad_frames(x[:, :, -1:], after),
+        ]
         return torch.cat([part for part in parts if part.shape[2]], dim=2)
 
     def time_pad_frames(self, edge: torch.Tensor, frames: int) -> torch.Tensor:
@@ -240,7 +245,11 @@ class ResnetBlock(nn.Module):
         else:  # h is this block's own: normalised in place
             h = self.conv2(self.dropout(stream.norm_silu_(self.norm2, h)))
         if self.nin_shortcut is not None:
-            skip = self.nin_shortcut(skip) if skip.shape[2] else _no_frames(skip, self.nin_shortcut.out_channels)
+            skip = (
+                self.nin_shortcut(skip)
+                if skip.shape[2]
+                else _no_frames(skip, self.nin_shortcut.out_channels)
+            )
         return skip + h
 
 
@@ -282,7 +291,11 @@ class Upsample(nn.Module):
             return x
         b, c2, t, h, w = x.shape
         n = self.time_factor
-        x = x.view(b, n, c2 // n, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // n, t * n, h, w)
+        x = (
+            x.view(b, n, c2 // n, t, h, w)
+            .permute(0, 2, 3, 1, 4, 5)
+            .reshape(b, c2 // n, t * n, h, w)
+        )
         if stream is None or stream.is_first_output(self, x):
             x = x[:, :, 1:]
         return x
@@ -333,7 +346,9 @@ class MidAttention(nn.Module):
         out = self.proj_out(_single_head_attention(self.q(tokens), self.k(tokens), self.v(tokens)))
         if self.temporal:
             seq = self.norm_t(out.view(b, t, h * w, c).transpose(1, 2).reshape(b * h * w, t, c))
-            out = self.proj_out_t(_single_head_attention(self.q_t(seq), self.k_t(seq), self.v_t(seq)))
+            out = self.proj_out_t(
+                _single_head_attention(self.q_t(seq), self.k_t(seq), self.v_t(seq))
+            )
             out = out.view(b, h, w, t, c).permute(0, 4, 3, 1, 2)
         else:
             out = out.view(b, t, h, w, c).permute(0, 4, 1, 2, 3)

@@ -40,8 +40,16 @@ def decoder_level_doubles_time(level: int) -> bool:
 
 
 class _MidBlock(nn.Module):
-    def __init__(self, channels: int, conv_padding, groups: int, eps: float, dropout: float,
-                 attention: bool, temporal_attention: bool):
+    def __init__(
+        self,
+        channels: int,
+        conv_padding,
+        groups: int,
+        eps: float,
+        dropout: float,
+        attention: bool,
+        temporal_attention: bool,
+    ):
         super().__init__()
         self.block_1 = ResnetBlock(channels, channels, conv_padding, groups, eps, dropout)
         self.attn_1 = MidAttention(channels, groups, eps, temporal_attention) if attention else None
@@ -64,9 +72,18 @@ class Encoder(nn.Module):
     """Causal video encoder: ``(B, in_channels, T, H, W) -> (B, 2 * latent_channels, t, h, w)``
     (posterior mean and log-variance concatenated on channels)."""
 
-    def __init__(self, in_channels: int, latent_channels: int, block_out_channels: tuple[int, ...],
-                 layers_per_block: int, norm_num_groups: int, norm_eps: float, padding_mode: str,
-                 mid_attention: bool, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int,
+        latent_channels: int,
+        block_out_channels: tuple[int, ...],
+        layers_per_block: int,
+        norm_num_groups: int,
+        norm_eps: float,
+        padding_mode: str,
+        mid_attention: bool,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         pad = causal_padding(padding_mode)
         num_levels = len(block_out_channels)
@@ -86,7 +103,9 @@ class Encoder(nn.Module):
                     channels, encoder_level_halves_time(level, num_levels), padding_mode
                 )
             self.down.append(stage)
-        self.mid = _MidBlock(channels, pad, norm_num_groups, norm_eps, dropout, mid_attention, False)
+        self.mid = _MidBlock(
+            channels, pad, norm_num_groups, norm_eps, dropout, mid_attention, False
+        )
         self.norm_out = VideoGroupNorm(norm_num_groups, channels, eps=norm_eps)
         self.conv_out = PaddedConv3d(channels, 2 * latent_channels, 3, pad)
         self.gradient_checkpointing = False
@@ -99,7 +118,9 @@ class Encoder(nn.Module):
                 rate //= 2 if encoder_level_halves_time(level, num_levels) else 1
                 stage.downsample.conv.frames_per_latent = rate
 
-    def trunk(self, x: torch.Tensor, stream: StreamState | None = None, levels: range | None = None) -> torch.Tensor:
+    def trunk(
+        self, x: torch.Tensor, stream: StreamState | None = None, levels: range | None = None
+    ) -> torch.Tensor:
         """Full-resolution part: ``(B, 3, T, H, W) -> (B, C_top, t, H/8, W/8)``; local in time
         and space (all but its GroupNorm statistics), so it can run in chunks and tiles.
 
@@ -134,22 +155,36 @@ class Decoder(nn.Module):
     """Non-causal video decoder: ``(B, latent_channels, t, h, w) -> (B, out_channels, T, H, W)``
     with ``T = 1 + 4 (t - 1)`` for four levels."""
 
-    def __init__(self, out_channels: int, latent_channels: int, block_out_channels: tuple[int, ...],
-                 layers_per_block: int, norm_num_groups: int, norm_eps: float, padding_mode: str,
-                 mid_attention: bool, temporal_attention: bool, dropout: float = 0.0):
+    def __init__(
+        self,
+        out_channels: int,
+        latent_channels: int,
+        block_out_channels: tuple[int, ...],
+        layers_per_block: int,
+        norm_num_groups: int,
+        norm_eps: float,
+        padding_mode: str,
+        mid_attention: bool,
+        temporal_attention: bool,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         pad = centered_padding(padding_mode)
         channels = block_out_channels[-1]
         self.conv_in = PaddedConv3d(latent_channels, channels, 3, pad)
-        self.mid = _MidBlock(channels, pad, norm_num_groups, norm_eps, dropout, mid_attention,
-                             temporal_attention)
+        self.mid = _MidBlock(
+            channels, pad, norm_num_groups, norm_eps, dropout, mid_attention, temporal_attention
+        )
         stages = []
         for level in reversed(range(len(block_out_channels))):
             stage = nn.Module()
             stage.block = nn.ModuleList()
             for _ in range(layers_per_block + 1):
-                stage.block.append(ResnetBlock(channels, block_out_channels[level], pad,
-                                               norm_num_groups, norm_eps, dropout))
+                stage.block.append(
+                    ResnetBlock(
+                        channels, block_out_channels[level], pad, norm_num_groups, norm_eps, dropout
+                    )
+                )
                 channels = block_out_channels[level]
             if level > 0:
                 stage.upsample = Upsample(channels, decoder_level_doubles_time(level), padding_mode)
@@ -173,7 +208,9 @@ class Decoder(nn.Module):
         use_ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
         return _run(self.mid, self.conv_in(z), use_ckpt)
 
-    def trunk(self, x: torch.Tensor, stream: StreamState | None = None, levels: range | None = None) -> torch.Tensor:
+    def trunk(
+        self, x: torch.Tensor, stream: StreamState | None = None, levels: range | None = None
+    ) -> torch.Tensor:
         """Upsampling part to pixels, local in time and space, so it can run in chunks and tiles.
 
         ``levels`` (default all) runs only those resolution levels, coarsest first: level ``i``
@@ -189,7 +226,10 @@ class Decoder(nn.Module):
             for block in self.up[level].block:
                 x = _run(block, x, use_ckpt) if stream is None else block(x, stream)
         if 0 in levels:
-            x = self.conv_out(F.silu(self.norm_out(x)) if stream is None else stream.norm_silu_(self.norm_out, x), stream)
+            x = self.conv_out(
+                F.silu(self.norm_out(x)) if stream is None else stream.norm_silu_(self.norm_out, x),
+                stream,
+            )
         return x
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
