@@ -1,0 +1,99 @@
+"""The bundled model's recipe (benchmarks/bundled_model.py) on a small synthetic data folder:
+the held-out split, held-out segments, and the image VAE loop's exact resume."""
+
+import json
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from builders import load_benchmark
+
+from cvvae.io import write_image, write_video
+
+
+def _clip(frames: int, phase: float) -> torch.Tensor:
+    """A (3, T, 48, 64) clip of drifting colour bands in [-1, 1]."""
+    t = torch.arange(frames).view(frames, 1, 1)
+    y = torch.linspace(0, 1, 48).view(1, 48, 1)
+    x = torch.linspace(0, 1, 64).view(1, 1, 64)
+    bands = [torch.sin(2 * math.pi * (2 * x + y * k + 0.05 * t) + phase) for k in range(3)]
+    return torch.stack(bands) * 0.8
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """The script as a module, pointed at a shared folder of 10 photos and two clips."""
+    shared = tmp_path_factory.mktemp("shared")
+    (shared / "data" / "images").mkdir(parents=True)
+    (shared / "data" / "videos").mkdir()
+    for i in range(10):
+        write_image(shared / "data" / "images" / f"photo{i}.jpg", _clip(1, i)[:, 0])
+    write_video(shared / "data" / "videos" / "moving.mp4", _clip(40, 0.0), Fraction(10))
+    write_video(shared / "data" / "videos" / "still.mp4", _clip(20, 1.0), Fraction(10))
+    module = load_benchmark("bundled_model")
+    module.SHARED = shared
+    module.MOVING_CLIPS = {"moving.mp4": 2}
+    module.PIECE_FRAMES = 24
+    return module
+
+
+def test_split_holds_out_every_fifth_photo_and_each_clips_tail(recipe):
+    info = recipe.split(recipe.SHARED)
+    assert info["held_out_photos"] == ["photo2.jpg", "photo7.jpg"]
+    assert not set(info["held_out_photos"]) & set(info["train_photos"])
+    assert len(info["train_photos"]) == 8
+    # 70% cut, a gap of GAP frames before the held-out tail
+    assert info["clips"]["moving.mp4"] == {"frames": 40, "train": [0, 20], "held_out": [28, 40]}
+    assert info["clips"]["still.mp4"] == {"frames": 20, "train": [0, 6], "held_out": [14, 20]}
+
+
+def test_held_out_segments_lie_inside_the_held_out_frames(recipe):
+    info = {"clips": {"a": {"held_out": [100, 200]}}}
+    for stride in (1, 2, 4):
+        segments = recipe.held_out_segments(info, ["a"], stride)
+        assert segments, stride
+        last_end = 0
+        for _, first in segments:
+            end = first + stride * (recipe.EVAL_FRAMES - 1)
+            assert 100 <= first and end < 200 and first > last_end - 1
+            last_end = end
+    # one more segment would not fit
+    _, first = recipe.held_out_segments(info, ["a"], 4)[-1]
+    assert first + 4 * recipe.EVAL_FRAMES + 4 * (recipe.EVAL_FRAMES - 1) >= 200
+
+
+def test_prepare_data_and_image_vae_resume_exactly(recipe, tmp_path):
+    out = tmp_path / "run"
+    recipe.prepare_data(out)
+    data = out / "data"
+    rows = (data / "train_videos.csv").read_text().split()
+    assert rows[0] == "path" and len(rows) > 1
+    assert all(r.startswith("videos/moving.mp4_part") for r in rows[1:])  # moving clips only
+    assert (
+        sorted(p.name for p in (data / "photos").iterdir())
+        == json.loads((data / "split.json").read_text())["train_photos"]
+    )
+    settings = recipe.ImageVAESettings(
+        channels=(8, 8, 8, 8),
+        norm_groups=4,
+        steps=4,
+        batch=2,
+        crop=32,
+        warmup=1,
+        scale_range=(32.0, 64.0),
+        checkpoint_every=2,
+    )
+    # interrupted after 2 steps (a checkpoint), then resumed to 4 ...
+    assert recipe.train_image_vae(out, settings, stop_after=2) is None
+    recipe.train_image_vae(out, settings)
+    resumed = torch.load(out / "image_vae_ckpt" / "state.pt", weights_only=True)["vae"]
+    # ... equals 4 steps in one go
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data").symlink_to(data)
+    recipe.train_image_vae(other, settings)
+    straight = torch.load(other / "image_vae_ckpt" / "state.pt", weights_only=True)["vae"]
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+    assert (out / "image_vae" / "config.json").is_file()
