@@ -25,9 +25,11 @@ from cvvae.cli.common import (
 from cvvae.errors import UserInputError
 from cvvae.evaluation.baselines import BASELINE_NAMES
 from cvvae.evaluation.compatibility import check_pair
+from cvvae.evaluation.fvd import load_i3d
+from cvvae.evaluation.grid import default_grid_frames, grid_figure
 from cvvae.evaluation.protocol import Protocol, Segment
-from cvvae.evaluation.report import grid_figure, report_data, write_report
-from cvvae.evaluation.runner import IMAGE_VAE, evaluate_image, evaluate_video
+from cvvae.evaluation.report import report_data, write_report
+from cvvae.evaluation.runner import IMAGE_VAE, INPUT, evaluate_image, evaluate_video
 from cvvae.io import is_image_path, read_image, read_video
 from cvvae.training.lpips import load_lpips
 
@@ -43,7 +45,12 @@ Segments running past the end of a video are not used. FRAMES must be 1 + 4k. re
 lists the source frames of every clip; every encoder uses its posterior mean.
 
 Metrics per frame and per clip (mean over frames): PSNR and SSIM in [-1, 1] (data range 2),
-and LPIPS with --lpips-weights.
+and LPIPS with --lpips-weights. FVD over all clips with --i3d-weights (I3D logits of 224x224
+frames; needs 2 clips or more, and many more for a stable value).
+
+grid.png (first clip): the input at a few frames (--grid-frames) with an enlarged crop and an
+x-t slice (one pixel row over time, where flicker shows as streaks), then per method its error
+at those frames on one colour scale for all methods, its crop and its x-t slice.
 
 With --image-vae (the image VAE the models were made for):
   compatibility: the image decoder on each latent frame of a model vs psi(clip), psi = first /
@@ -100,7 +107,7 @@ def _models(args: argparse.Namespace) -> list[tuple[str, Path]]:
     for name in names:
         if names.count(name) > 1:
             raise UserInputError(f"two models are named {name!r}; use --model NAME=PATH")
-        if name in (*BASELINE_NAMES, IMAGE_VAE):
+        if name in (*BASELINE_NAMES, IMAGE_VAE, INPUT):
             raise UserInputError(f"model name {name!r} is reserved for a baseline")
     return specs
 
@@ -169,12 +176,6 @@ def _segments(path: Path, protocol: Protocol) -> list[tuple[Segment, torch.Tenso
     ]
 
 
-def default_grid_frame(frames: int) -> int:
-    """A clip frame midway between two uniform-sampling keyframes near the middle (0 if none)."""
-    groups = (frames - 1) // 4
-    return 4 * (groups // 2) + 2 if groups else 0
-
-
 def _output_folder(path: Path) -> Path:
     if not path.parent.is_dir():
         raise UserInputError(f"the parent of the output folder does not exist: {path}")
@@ -224,8 +225,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         segments=args.segments,
         seed=args.seed,
     )
-    if args.grid_frame is not None and args.grid_frame >= args.frames:
-        raise UserInputError(f"--grid-frame {args.grid_frame} is not below --frames {args.frames}")
+    for frame in args.grid_frames or []:
+        if frame >= args.frames:
+            raise UserInputError(f"--grid-frames {frame} is not below --frames {args.frames}")
     models = {name: load_model(path, device, dtype) for name, path in specs}
     image_vae = None if args.image_vae is None else _load_image_vae(args.image_vae, device, dtype)
     if image_vae is not None:
@@ -237,16 +239,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                     f"model {name!r} does not fit the image VAE: {error}"
                 ) from None
     lpips = None if args.lpips_weights is None else load_lpips(args.lpips_weights).to(device)
+    i3d = None if args.i3d_weights is None else load_i3d(args.i3d_weights).to(device)
     protocol = replace(
         protocol,
         models={name: _folder_id(path) for name, path in specs},
         image_vae=None if args.image_vae is None else _folder_id(args.image_vae),
         lpips=None if args.lpips_weights is None else _file_id(args.lpips_weights),
+        i3d=None if args.i3d_weights is None else _file_id(args.i3d_weights),
     )
     torch.manual_seed(args.seed)
     options = dict(baselines=args.baselines, lpips=lpips)
-
-    grid_frame = default_grid_frame(args.frames) if args.grid_frame is None else args.grid_frame
+    grid_frames = args.grid_frames or default_grid_frames(args.frames)
     segments, video_results, image_results, grid = [], [], [], None
     total = len(videos) * args.segments + len(images)
     with tqdm(total=total, unit="clip", leave=False, disable=None, file=sys.stderr) as bar:
@@ -255,13 +258,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             clips = _segments(path, protocol)
             bar.total -= args.segments - len(clips)
             for segment, clip in clips:
-                result = evaluate_video(clip, models, image_vae, **options)
+                result = evaluate_video(clip, models, image_vae, i3d=i3d, **options)
                 if grid is None:
                     grid = grid_figure(
-                        clip[:, grid_frame],
-                        {n: r[:, grid_frame] for n, r in result.reconstructions.items()},
-                        f"{path.name}, segment {segment.index}, clip frame {grid_frame} "
-                        f"(source frame {segment.source_frames[grid_frame]})",
+                        clip,
+                        result.reconstructions,
+                        f"{path.name}, segment {segment.index} (source frames "
+                        f"{segment.source_frames[0]}..{segment.source_frames[-1]})",
+                        grid_frames,
                     )
                 result.reconstructions.clear()  # only the grid needs them
                 segments.append(segment)
@@ -323,6 +327,12 @@ def register(sub) -> None:
         metavar="PATH",
         help="LPIPS safetensors file (see docs/training.md); adds the LPIPS metric",
     )
+    g.add_argument(
+        "--i3d-weights",
+        type=Path,
+        metavar="PATH",
+        help="I3D (Kinetics-400) safetensors file (see docs/evaluation.md); adds FVD",
+    )
     add_device_options(g)
 
     g = p.add_argument_group("inputs and protocol")
@@ -353,11 +363,12 @@ def register(sub) -> None:
     )
     g.add_argument("--seed", type=int, default=0, help="torch seed, recorded in the report")
     g.add_argument(
-        "--grid-frame",
+        "--grid-frames",
         type=non_negative,
+        nargs="+",
         metavar="N",
-        help="clip frame shown in grid.png (first clip); default: between two "
-        "uniform-sampling keyframes, near the middle",
+        help="clip frames shown in grid.png (first clip); default: the first, one between two "
+        "uniform-sampling keyframes near the middle, and the last",
     )
     g.add_argument(
         "--out",
