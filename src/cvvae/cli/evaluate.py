@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers import AutoencoderKL
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cvvae.cli.common import (
-    DTYPES,
     Formatter,
     add_device_options,
     default_model_path,
@@ -21,17 +21,19 @@ from cvvae.cli.common import (
     non_negative,
     positive,
     resolve_device,
+    torch_dtype,
 )
 from cvvae.errors import UserInputError
-from cvvae.evaluation.baselines import BASELINE_NAMES
-from cvvae.evaluation.compatibility import check_pair
-from cvvae.evaluation.fvd import load_i3d
-from cvvae.evaluation.grid import default_grid_frames, grid_figure
-from cvvae.evaluation.protocol import Protocol, Segment
-from cvvae.evaluation.report import report_data, write_report
-from cvvae.evaluation.runner import IMAGE_VAE, INPUT, evaluate_image, evaluate_video
-from cvvae.io import is_image_path, read_image, read_video
-from cvvae.training.lpips import load_lpips
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import AutoencoderKL
+
+    from cvvae.evaluation.protocol import Protocol, Segment
+
+# names the report uses for other things (cvvae.evaluation.baselines.BASELINE_NAMES,
+# runner.IMAGE_VAE and runner.INPUT; tests check they agree)
+RESERVED_NAMES = ("image-vae-per-frame", "uniform-repeat", "uniform-linear", "image-vae", "input")
 
 DESCRIPTION = """\
 Evaluate one or more video VAEs on video clips (and images) in one stated protocol, optionally
@@ -107,12 +109,14 @@ def _models(args: argparse.Namespace) -> list[tuple[str, Path]]:
     for name in names:
         if names.count(name) > 1:
             raise UserInputError(f"two models are named {name!r}; use --model NAME=PATH")
-        if name in (*BASELINE_NAMES, IMAGE_VAE, INPUT):
+        if name in RESERVED_NAMES:
             raise UserInputError(f"model name {name!r} is reserved for a baseline")
     return specs
 
 
 def _load_image_vae(folder: Path, device: torch.device, dtype: torch.dtype) -> AutoencoderKL:
+    from diffusers import AutoencoderKL
+
     if not (folder / "config.json").is_file():
         raise UserInputError(f"image VAE folder has no config.json: {folder}")
     try:
@@ -123,6 +127,8 @@ def _load_image_vae(folder: Path, device: torch.device, dtype: torch.dtype) -> A
 
 
 def _video_paths(args: argparse.Namespace) -> list[Path]:
+    from cvvae.io import is_image_path
+
     if args.video_list is None:
         paths = list(args.videos or [])
     else:
@@ -140,6 +146,8 @@ def _video_paths(args: argparse.Namespace) -> list[Path]:
 
 
 def _image_paths(folder: Path | None) -> list[Path]:
+    from cvvae.io import is_image_path
+
     if folder is None:
         return []
     if not folder.is_dir():
@@ -152,6 +160,9 @@ def _image_paths(folder: Path | None) -> list[Path]:
 
 def _segments(path: Path, protocol: Protocol) -> list[tuple[Segment, torch.Tensor]]:
     """The complete segments of one video (see the protocol), each a ``(3, F, H, W)`` clip."""
+    from cvvae.evaluation.protocol import Segment
+    from cvvae.io import read_video
+
     f = protocol.frames
     video, info = read_video(
         path,
@@ -208,6 +219,17 @@ def _print_summary(data: dict) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Evaluate the models on the clips and images; write the report into ``--out``."""
+    import torch
+
+    from cvvae.evaluation.compatibility import check_pair
+    from cvvae.evaluation.fvd import load_i3d
+    from cvvae.evaluation.grid import default_grid_frames, grid_figure
+    from cvvae.evaluation.protocol import Protocol
+    from cvvae.evaluation.report import report_data, write_report
+    from cvvae.evaluation.runner import evaluate_image, evaluate_video
+    from cvvae.io import read_image
+    from cvvae.training.lpips import load_lpips
+
     if args.videos is None and args.video_list is None and args.images is None:
         raise UserInputError("nothing to evaluate: give --videos, --video-list or --images")
     if args.baselines and args.image_vae is None:
@@ -215,7 +237,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     out = _output_folder(args.out)
     specs = _models(args)
     videos, images = _video_paths(args), _image_paths(args.images)
-    device, dtype = resolve_device(args.device), DTYPES[args.dtype]
+    device, dtype = resolve_device(args.device), torch_dtype(args.dtype)
     protocol = Protocol(  # checks the clip options before anything is loaded
         frames=args.frames,
         height=args.height,
@@ -252,7 +274,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     grid_frames = args.grid_frames or default_grid_frames(args.frames)
     segments, video_results, image_results, grid = [], [], [], None
     total = len(videos) * args.segments + len(images)
-    with tqdm(total=total, unit="clip", leave=False, disable=None, file=sys.stderr) as bar:
+    with (
+        logging_redirect_tqdm([logging.getLogger("cvvae")]),
+        tqdm(total=total, unit="clip", leave=False, disable=None, file=sys.stderr) as bar,
+    ):
         for path in videos:
             bar.set_description(path.name)
             clips = _segments(path, protocol)
