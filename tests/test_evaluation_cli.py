@@ -236,6 +236,14 @@ def test_i3d_weights_add_fvd_over_the_clips(tmp_path, capsys, files):
     assert data["videos"]["summary"]["methods"]["m"]["fvd"] is None
 
 
+def test_reserved_names_cover_every_name_the_report_uses():
+    from cvvae.cli.evaluate import RESERVED_NAMES
+    from cvvae.evaluation.baselines import BASELINE_NAMES
+    from cvvae.evaluation.runner import IMAGE_VAE, INPUT
+
+    assert set(RESERVED_NAMES) == {*BASELINE_NAMES, IMAGE_VAE, INPUT}
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
