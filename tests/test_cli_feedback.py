@@ -130,3 +130,33 @@ def test_log_lines_are_routed_around_the_bars(bars):
         assert any("Tqdm" in type(h).__name__ for h in logger.handlers)
     assert logger.handlers == before
     assert bars[0].n == 1
+
+
+# ---------------------------------------------------------------------------- training presets
+def test_training_presets_are_addressable_by_name_and_by_path(tmp_path, monkeypatch):
+    from cvvae.cli.train import preset_names, presets_folder, resolve_config
+    from cvvae.training import load_config
+
+    assert preset_names() == ["sd21", "sd3", "tiny"]
+    assert resolve_config("tiny") == presets_folder() / "tiny.yaml"
+    assert load_config(resolve_config("tiny"), ["max_steps=3"]).max_steps == 3
+    # paths stay paths, also when missing (the loader names the file) or named like a preset
+    assert resolve_config("configs/tiny.yaml") == Path("configs/tiny.yaml")
+    assert resolve_config("mine.yaml") == Path("mine.yaml")
+    monkeypatch.chdir(tmp_path)
+    Path("tiny").write_text("max_steps: 2\n")
+    assert resolve_config("tiny") == Path("tiny")
+    # the repository's configs/ folder is the packaged one
+    repo_configs = SRC.parent / "configs"
+    assert repo_configs.resolve() == presets_folder().resolve()
+
+
+def test_unknown_preset_is_one_line_naming_the_presets(capsys):
+    assert main(["train", "tinyy"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no preset named 'tinyy'" in err and "tiny" in err
+
+
+def test_presets_are_package_data():
+    text = (SRC.parent / "pyproject.toml").read_text()
+    assert '"configs/*.yaml"' in text
