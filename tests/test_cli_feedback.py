@@ -160,3 +160,13 @@ def test_unknown_preset_is_one_line_naming_the_presets(capsys):
 def test_presets_are_package_data():
     text = (SRC.parent / "pyproject.toml").read_text()
     assert '"configs/*.yaml"' in text
+
+
+def test_info_without_model_or_bundled_model_is_one_line(capsys, monkeypatch):
+    from cvvae.cli import codec
+
+    monkeypatch.setattr(codec, "default_model_path", lambda: None)
+    assert main(["info"]) == 2
+    assert (
+        capsys.readouterr().err == "cvvae: error: no MODEL given and no bundled model installed\n"
+    )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from cvvae.cli.common import (
     Formatter,
     add_model_options,
+    default_model_path,
     load_model,
     model_folder,
     non_negative,
@@ -308,6 +309,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     """Print a model's config, parameter counts, compression factors and latent channels."""
     import torch
 
+    if args.model is None and default_model_path() is None:
+        raise UserInputError("no MODEL given and no bundled model installed")
     folder = model_folder(args)
     model = load_model(folder, torch.device("cpu"), None)
     counts = {"encoder": 0, "decoder": 0, "other": 0}

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from cvvae.models import CVVAE
 
 STAGE_FORMAT = "{desc} [stage {n_fmt}/{total_fmt}, {elapsed}]"
+# frames are counted in tile shares: show them rounded
+FRAME_FORMAT = "{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
 
 
 def _bar(**options) -> tqdm:
@@ -94,7 +96,9 @@ def frame_counter(model: CVVAE, direction: str, frames: int) -> Callable:
             return
         last, first = layers
         produced, latents, calls, tiles, this_call = 0.0, 0.0, 0, None, 0.0
-        with _bar(total=frames, unit="frame", desc=label, position=1) as bar:
+        with _bar(
+            total=frames, unit="frame", desc=label, position=1, bar_format=FRAME_FORMAT
+        ) as bar:
 
             def on_first(*_) -> None:
                 nonlocal produced, calls, tiles, this_call

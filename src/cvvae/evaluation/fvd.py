@@ -28,7 +28,7 @@ from torch import nn
 from cvvae.errors import UserInputError
 
 I3D_SIZE = 224  # frames are resized to I3D_SIZE x I3D_SIZE, the size I3D was trained at
-FRAME_BATCH = 4  # clips per I3D call
+CLIP_BATCH = 4  # clips per I3D call
 
 # (name, in channels, branch widths b0, b1a, b1b, b2a, b2b, b3b) of the Inception modules
 _MIXED = (
@@ -179,7 +179,7 @@ def i3d_features(model: I3D, clips: torch.Tensor, size: int = I3D_SIZE) -> torch
     clips = clips[None] if single else clips
     device = next(model.parameters()).device
     out = []
-    for batch in clips.split(FRAME_BATCH):
+    for batch in clips.split(CLIP_BATCH):
         n, c, t, h, w = batch.shape
         frames = batch.transpose(1, 2).reshape(n * t, c, h, w).float()
         if (h, w) != (size, size):
