@@ -43,8 +43,8 @@ def stages(total: int) -> Iterator[Callable]:
     """A status line over ``total`` stages, with log lines routed around it.
 
     Yields ``stage(name, frames=None)``: a context manager that names the current stage and
-    counts it done on success. With ``frames`` (a :func:`frame_bar` tracker factory, see
-    :func:`encode_frames` / :func:`decode_frames`) a frame bar runs under the line meanwhile.
+    counts it done on success. With ``frames`` (a :func:`frame_counter`) a frame bar runs under
+    the line meanwhile.
     """
     with (
         logging_redirect_tqdm([logging.getLogger("cvvae")]),
