@@ -284,7 +284,6 @@ def test_every_bad_input_is_one_line_exit_2_and_no_output(
             "--height and --width",
         ),
         (["decode", "a.safetensors"], "the following arguments are required: OUT"),
-        (["info"], "the following arguments are required: MODEL"),
         (
             ["reconstruct", "a.mp4", "b.mp4", "--model", "m", "--dtype", "int8"],
             "invalid choice: 'int8'",

@@ -7,6 +7,7 @@ import pytest
 import torch
 from builders import tiny_image_vae
 from PIL import Image
+from test_evaluation_fvd import save_i3d, small_i3d
 
 from cvvae import inflate_from_image_vae
 from cvvae.cli import main
@@ -178,6 +179,71 @@ def test_lpips_weights_add_the_lpips_metric(tmp_path, capsys, files):
     assert "| `m` |" in (out / "results.md").read_text()
 
 
+def test_i3d_weights_add_fvd_over_the_clips(tmp_path, capsys, files):
+    """A small random I3D of the real interface: FVD per method in the JSON and the table."""
+    i3d = tmp_path / "i3d.safetensors"
+    save_i3d(small_i3d(), i3d)
+    out = tmp_path / "with_fvd"
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        "--model",
+        f"m={files['inflated']}",
+        "--image-vae",
+        files["image_vae"],
+        "--baselines",
+        "--videos",
+        files["clip"],
+        "--segments",
+        "2",
+        "--i3d-weights",
+        i3d,
+        "--grid-frames",
+        "1",
+        "3",
+        "--out",
+        out,
+        *TOY,
+    )
+    assert code == 0, err
+    data = json.loads((out / "results.json").read_text())
+    protocol = data["protocol"]
+    assert protocol["i3d"].startswith(str(i3d)) and "sha256" in protocol["i3d"]
+    assert "I3D logits" in protocol["fvd_features"]
+    methods = data["videos"]["summary"]["methods"]
+    assert all(m["fvd"] >= 0 for m in methods.values())
+    # uniform-repeat holds frames still: further from the moving clip than the video VAE
+    assert methods["m"]["fvd"] < methods["uniform-repeat"]["fvd"]
+    table = (out / "results.md").read_text()
+    assert "| FVD |" in table and "I3D weights (FVD):" in table
+
+    # one clip has no covariance: FVD is n/a, not an error
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        "--model",
+        f"m={files['inflated']}",
+        "--videos",
+        files["clip"],
+        "--i3d-weights",
+        i3d,
+        "--out",
+        tmp_path / "one_clip",
+        *TOY,
+    )
+    assert code == 0, err
+    data = json.loads((tmp_path / "one_clip" / "results.json").read_text())
+    assert data["videos"]["summary"]["methods"]["m"]["fvd"] is None
+
+
+def test_reserved_names_cover_every_name_the_report_uses():
+    from cvvae.cli.evaluate import RESERVED_NAMES
+    from cvvae.evaluation.baselines import BASELINE_NAMES
+    from cvvae.evaluation.runner import IMAGE_VAE, INPUT
+
+    assert set(RESERVED_NAMES) == {*BASELINE_NAMES, IMAGE_VAE, INPUT}
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -185,8 +251,10 @@ def test_lpips_weights_add_the_lpips_metric(tmp_path, capsys, files):
         (["--baselines"], "--baselines needs --image-vae"),
         (["--start", "100"], "beyond the end"),
         (["--frames", "13", "--height", "32", "--width", "32"], "fewer than 13 frames"),
-        (["--grid-frame", "5", "--frames", "5"], "--grid-frame 5"),
+        (["--grid-frames", "0", "5", "--frames", "5"], "--grid-frames 5"),
         (["--model", "image-vae-per-frame=x"], "reserved"),
+        (["--model", "input=x"], "reserved"),
+        (["--i3d-weights", "missing.safetensors"], "I3D weights not found"),
     ],
 )
 def test_user_errors_are_one_line_and_write_nothing(tmp_path, capsys, files, extra, message):

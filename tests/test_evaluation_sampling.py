@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from cvvae.cli.evaluate import default_grid_frame
 from cvvae.errors import UserInputError
 from cvvae.evaluation import Protocol, fill_frames, keyframe_indices
+from cvvae.evaluation.grid import default_grid_frames
 
 
 def ramp(num_frames: int) -> torch.Tensor:
@@ -65,5 +65,12 @@ def test_protocol_rejects_bad_settings(kwargs):
         Protocol(**kwargs)
 
 
-def test_default_grid_frame_lies_between_keyframes():
-    assert [default_grid_frame(t) for t in (1, 5, 9, 13, 17, 33)] == [0, 2, 6, 6, 10, 18]
+def test_default_grid_frames_are_first_between_keyframes_and_last():
+    assert [default_grid_frames(t) for t in (1, 5, 9, 13, 17, 33)] == [
+        [0],
+        [0, 2, 4],
+        [0, 6, 8],
+        [0, 6, 12],
+        [0, 10, 16],
+        [0, 18, 32],
+    ]

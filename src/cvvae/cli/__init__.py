@@ -2,15 +2,14 @@
 
 Every problem the user can fix ends as one stderr line ``cvvae: error: <problem>: <file>`` and
 exit code 2, with no traceback and no partial output file. Each module adds its subcommands
-through ``register(sub)``.
+through ``register(sub)``. The command modules import torch, diffusers and the models only
+inside the commands, so ``cvvae --help`` does not load them.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-
-from diffusers.utils import logging as diffusers_logging
 
 from cvvae.cli import codec, dataset, evaluate, train
 from cvvae.cli.common import Formatter, Parser
@@ -32,7 +31,7 @@ examples:
   cvvae reconstruct clip.mp4 recon.mp4 --model vae3d --frames 33 --height 256 --width 256
   cvvae encode clip.mp4 clip.safetensors --model vae3d
   cvvae decode clip.safetensors decoded.mp4 --model vae3d
-  cvvae info vae3d
+  cvvae info
 """
 
 
@@ -57,12 +56,19 @@ def _show_cvvae_log() -> None:
         logger.setLevel(logging.INFO)
 
 
+def _quiet_diffusers() -> None:
+    """Silence diffusers' warnings (not for CLI users); imported only once a command runs."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
-    diffusers_logging.set_verbosity_error()  # its warnings are not for CLI users
     _show_cvvae_log()
     try:
         args = build_parser().parse_args(argv)
+        _quiet_diffusers()
         args.run(args)
     except UserInputError as error:
         print(f"cvvae: error: {str(error).replace(chr(10), ' ')}", file=sys.stderr)

@@ -1,4 +1,8 @@
-"""Commands that run a model on files: reconstruct, encode, decode, info."""
+"""Commands that run a model on files: reconstruct, encode, decode, info.
+
+torch, the model and the file readers are imported inside the functions, so that building the
+parser stays fast.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +11,26 @@ import json
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from cvvae.cli.common import (
-    DTYPES,
     Formatter,
     add_model_options,
+    default_model_path,
     load_model,
     model_folder,
     non_negative,
     positive,
     resolve_device,
-    stages,
+    torch_dtype,
 )
+from cvvae.cli.progress import frame_counter, stages
 from cvvae.errors import UserInputError
-from cvvae.evaluation import clip_mean, psnr, ssim
-from cvvae.io import (
-    VIDEO_WRITE_EXTENSIONS,
-    atomic_path,
-    is_image_path,
-    read_image,
-    read_video,
-    write_image,
-    write_video,
-)
-from cvvae.models import CVVAE
+
+if TYPE_CHECKING:
+    import torch
+
+    from cvvae.models import CVVAE
 
 LATENTS_FORMAT = "cvvae-latents"
 
@@ -64,6 +60,8 @@ def read_clip(path: Path, args: argparse.Namespace) -> Clip:
 
     A video read with ``--stride k`` keeps its playback speed: its rate becomes source rate / k.
     """
+    from cvvae.io import is_image_path, read_image, read_video
+
     size = clip_size(args)
     if is_image_path(path):
         if args.frames is not None or args.start != 0 or args.stride != 1:
@@ -77,6 +75,8 @@ def read_clip(path: Path, args: argparse.Namespace) -> Clip:
 
 def _check_output(path: Path, is_image: bool) -> None:
     """Fail before any work if ``path`` cannot take an image / a video."""
+    from cvvae.io import VIDEO_WRITE_EXTENSIONS, is_image_path
+
     if is_image and not is_image_path(path):
         raise UserInputError(
             f"the input is an image, so the output needs an image extension: {path}"
@@ -90,6 +90,8 @@ def _check_output(path: Path, is_image: bool) -> None:
 
 
 def _write_clip(path: Path, clip: Clip) -> None:
+    from cvvae.io import write_image, write_video
+
     if clip.is_image:
         write_image(path, clip.pixels)
     else:
@@ -103,27 +105,52 @@ def _describe(clip: Clip) -> str:
     return f"{clip.pixels.shape[1]} frames {w}x{h} at {float(clip.rate):.3f} fps"
 
 
-@torch.inference_mode()
 def encode_clip(
     model: CVVAE, clip: Clip, device: torch.device, sample: bool, seed: int
 ) -> torch.Tensor:
     """Latents of one clip, float32 on the CPU: ``(C, t, h, w)`` or ``(C, h, w)`` for an image."""
-    x = clip.pixels[None].to(device, model.dtype)
-    posterior = model.encode(x).latent_dist
-    if sample:
-        z = posterior.sample(torch.Generator(device).manual_seed(seed))
-    else:
-        z = posterior.mean
-    return z[0].float().cpu()
+    import torch
+
+    with torch.inference_mode():
+        x = clip.pixels[None].to(device, model.dtype)
+        posterior = model.encode(x).latent_dist
+        if sample:
+            z = posterior.sample(torch.Generator(device).manual_seed(seed))
+        else:
+            z = posterior.mean
+        return z[0].float().cpu()
 
 
-@torch.inference_mode()
 def decode_clip(
     model: CVVAE, z: torch.Tensor, frames: int | None, height: int, width: int, device
 ) -> torch.Tensor:
     """Pixels ``(3, T, H, W)`` or ``(3, H, W)`` in [-1, 1], float32 on the CPU."""
-    x = model.decode(z[None].to(device, model.dtype), num_frames=frames, height=height, width=width)
-    return x.sample[0].float().cpu().clamp(-1, 1)
+    import torch
+
+    with torch.inference_mode():
+        x = model.decode(
+            z[None].to(device, model.dtype), num_frames=frames, height=height, width=width
+        )
+        return x.sample[0].float().cpu().clamp(-1, 1)
+
+
+def _padded_frames(frames: int) -> int:
+    """Frames the model runs for a ``frames``-frame clip (padded to ``1 + 4k``)."""
+    return 1 + -(-(frames - 1) // 4) * 4
+
+
+def _encoding(model: CVVAE, clip: Clip):
+    """The frame bar of encoding ``clip`` (None for an image: nothing to count)."""
+    return (
+        None
+        if clip.is_image
+        else frame_counter(model, "encode", _padded_frames(clip.pixels.shape[1]))
+    )
+
+
+def _decoding(model: CVVAE, z: torch.Tensor):
+    """The frame bar of decoding latents ``z`` (None for an image)."""
+    return None if z.ndim != 4 else frame_counter(model, "decode", 1 + 4 * (z.shape[1] - 1))
 
 
 # ---------------------------------------------------------------------------- latents files
@@ -153,6 +180,8 @@ def _latents_metadata(
 
 def _read_latents(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
     """Latents and metadata written by ``cvvae encode``; UserInputError if it is anything else."""
+    from safetensors import safe_open
+
     if not path.is_file():
         raise UserInputError(f"file not found: {path}")
     try:
@@ -197,28 +226,32 @@ def _check_latents_fit(z: torch.Tensor, meta: dict[str, str], model: CVVAE, path
 # ---------------------------------------------------------------------------- commands
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     """Encode and decode IN with the posterior mean, write OUT, print PSNR/SSIM."""
+    from cvvae.io import is_image_path
+
     folder, device = model_folder(args), resolve_device(args.device)
     _check_output(args.output, is_image_path(args.input))
-    with stages(4) as stage:
+    with stages(5) as stage:
         with stage("reading"):
             clip = read_clip(args.input, args)
-            model = load_model(folder, device, DTYPES[args.dtype], args.memory_budget)
-        with stage("encoding"):
+            model = load_model(folder, device, torch_dtype(args.dtype), args.memory_budget)
+        with stage("encoding", _encoding(model, clip)):
             z = encode_clip(model, clip, device, sample=False, seed=0)
-        with stage("decoding"):
+        with stage("decoding", _decoding(model, z)):
             *_, height, width = clip.pixels.shape
             frames = None if clip.is_image else clip.pixels.shape[1]
             recon = Clip(decode_clip(model, z, frames, height, width, device), clip.rate)
+        with stage("measuring PSNR and SSIM"):
+            quality = _quality_line(clip.pixels, recon.pixels)
         with stage("writing"):
             _write_clip(args.output, recon)
     print(f"reconstructed {_describe(clip)} with {folder}")
-    print(
-        f"{_quality_line(clip.pixels, recon.pixels)} (model output vs input, before file encoding)"
-    )
+    print(f"{quality} (model output vs input, before file encoding)")
     print(f"wrote {args.output}")
 
 
 def _quality_line(x: torch.Tensor, y: torch.Tensor) -> str:
+    from cvvae.evaluation.metrics import clip_mean, psnr, ssim
+
     p = clip_mean(psnr(x, y)).item()
     if min(x.shape[-2:]) < 11:
         return f"PSNR {p:.2f} dB, SSIM n/a (frames smaller than 11x11)"
@@ -227,6 +260,10 @@ def _quality_line(x: torch.Tensor, y: torch.Tensor) -> str:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     """Write the latents of IN (unscaled, posterior mean or a seeded sample) to OUT.safetensors."""
+    from safetensors.torch import save_file
+
+    from cvvae.io import atomic_path
+
     folder, device = model_folder(args), resolve_device(args.device)
     if args.output.suffix != ".safetensors":
         raise UserInputError(f"the output must end in .safetensors: {args.output}")
@@ -235,8 +272,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
     with stages(3) as stage:
         with stage("reading"):
             clip = read_clip(args.input, args)
-            model = load_model(folder, device, DTYPES[args.dtype], args.memory_budget)
-        with stage("encoding"):
+            model = load_model(folder, device, torch_dtype(args.dtype), args.memory_budget)
+        with stage("encoding", _encoding(model, clip)):
             z = encode_clip(model, clip, device, args.sample, args.seed)
         with stage("writing"):
             meta = _latents_metadata(folder, model, clip, args.sample, args.seed, args.input)
@@ -254,11 +291,11 @@ def cmd_decode(args: argparse.Namespace) -> None:
     _check_output(args.output, is_image)
     with stages(3) as stage:
         with stage("loading"):
-            model = load_model(folder, device, DTYPES[args.dtype], args.memory_budget)
+            model = load_model(folder, device, torch_dtype(args.dtype), args.memory_budget)
             _check_latents_fit(z, meta, model, args.input)
             if meta.get("latents_scaled") == "true":
                 z = model.unscale_latents(z)
-        with stage("decoding"):
+        with stage("decoding", _decoding(model, z)):
             frames = None if is_image else int(meta["frames"])
             pixels = decode_clip(model, z, frames, int(meta["height"]), int(meta["width"]), device)
             clip = Clip(pixels, None if is_image else Fraction(meta["fps"]))
@@ -270,14 +307,19 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 def cmd_info(args: argparse.Namespace) -> None:
     """Print a model's config, parameter counts, compression factors and latent channels."""
-    model = load_model(args.model, torch.device("cpu"), None)
+    import torch
+
+    if args.model is None and default_model_path() is None:
+        raise UserInputError("no MODEL given and no bundled model installed")
+    folder = model_folder(args)
+    model = load_model(folder, torch.device("cpu"), None)
     counts = {"encoder": 0, "decoder": 0, "other": 0}
     for name, param in model.named_parameters():
         part = name.split(".", 1)[0]
         counts[part if part in counts else "other"] += param.numel()
     total = sum(counts.values())
     config = {k: v for k, v in model.config.items() if not k.startswith("_")}
-    print(f"model: {args.model}")
+    print(f"model: {folder}")
     print(f"latent channels: {model.config.latent_channels}")
     print(
         f"compression: {model.temporal_compression}x time, "
@@ -378,5 +420,11 @@ def register(sub) -> None:
         description="Print a model's latent channels, compression factors (time, space), scaling factor,\n"
         "parameter counts (encoder, decoder, total) and full config.",
     )
-    p.add_argument("model", type=Path, metavar="MODEL", help="model folder")
+    p.add_argument(
+        "model",
+        type=Path,
+        nargs="?",
+        metavar="MODEL",
+        help="model folder; default: the bundled model, if installed",
+    )
     p.set_defaults(run=cmd_info)

@@ -1,20 +1,30 @@
-"""Shared pieces of the command line: parser classes, argument types, model loading, progress."""
+"""Shared pieces of the command line: parser classes, argument types, model loading.
+
+torch and the model code are imported inside the functions that need them, so that building
+the parser (``cvvae --help``) stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import torch
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from cvvae.errors import UserInputError
-from cvvae.models import CVVAE
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+
+    from cvvae.models import CVVAE
+
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype named by ``--dtype`` (one of :data:`DTYPE_NAMES`)."""
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
 def default_model_path() -> Path | None:
@@ -25,6 +35,8 @@ def default_model_path() -> Path | None:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -46,6 +58,10 @@ def load_model(
     memory_budget: float | None = None,
 ) -> CVVAE:
     """Load a model folder onto ``device``; with ``memory_budget`` (GiB) it runs in chunks."""
+    import torch
+
+    from cvvae.models import CVVAE
+
     if not folder.is_dir():
         raise UserInputError(f"model folder not found: {folder}")
     model = torch.nn.Module.to(CVVAE.from_pretrained(folder), device, dtype)
@@ -54,25 +70,21 @@ def load_model(
     return model
 
 
-@contextmanager
-def stages(total: int) -> Iterator:
-    """A progress bar over ``total`` stages (shown on a terminal only, cleared when done).
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the hand-wrapped descriptions; end an option's help with its default, unless the
+    default is None or False (nothing to say) or the help already names it."""
 
-    Yields ``stage(name)``: a context manager that labels the bar and advances it on success.
-    """
-    with tqdm(total=total, unit="stage", leave=False, disable=None, file=sys.stderr) as bar:
-
-        @contextmanager
-        def stage(name: str) -> Iterator[None]:
-            bar.set_description(name)
-            yield
-            bar.update()
-
-        yield stage
-
-
-class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults and keep the hand-wrapped descriptions."""
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or action.default is None
+            or action.default is False
+            or action.default is argparse.SUPPRESS
+            or not (action.option_strings or action.nargs in (argparse.OPTIONAL, "*"))
+        ):
+            return text
+        return text + " (default: %(default)s)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -123,7 +135,7 @@ def add_device_options(p) -> None:
     )
     p.add_argument(
         "--dtype",
-        choices=list(DTYPES),
+        choices=DTYPE_NAMES,
         default="float32",
         help="model weights and compute precision",
     )
@@ -141,6 +153,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--memory-budget",
         type=positive_float,
         metavar="GIB",
-        help="run long or large videos in time chunks (and spatial tiles) sized to stay under about GIB GiB "
-        "(the chosen chunk sizes are logged); default: one exact full pass",
+        help="a budget for the model's encode and decode calls: they run in time chunks (and "
+        "spatial tiles) sized so that their estimated working memory (activations, their input "
+        "and output) stays under about GIB GiB; the chosen sizes are logged. Not a limit for "
+        "the whole command: the weights, the clip as read, copies for writing and the metrics "
+        "come on top. Default: one exact full pass",
     )

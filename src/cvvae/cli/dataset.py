@@ -4,41 +4,34 @@ processes (``torchrun``), resumable."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
-import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cvvae.cli.codec import add_clip_options, clip_size, encode_clip, read_clip
 from cvvae.cli.common import (
-    DTYPES,
     Formatter,
     add_model_options,
     load_model,
     model_folder,
     positive,
     resolve_device,
+    torch_dtype,
 )
 from cvvae.errors import UserInputError
-from cvvae.io import list_videos
-from cvvae.latents.encode_dataset import (
-    DONE,
-    ClipSource,
-    Summary,
-    clip_seed,
-    clip_sources,
-    done_row,
-    failed_row,
-    pending,
-    rank_share,
-    short_clip_reason,
-)
-from cvvae.latents.store import ManifestWriter, ShardWriter, merged_manifest, write_settings
-from cvvae.models import CVVAE
+
+if TYPE_CHECKING:
+    import torch
+
+    from cvvae.latents.encode_dataset import ClipSource
+    from cvvae.latents.store import ShardWriter
+    from cvvae.models import CVVAE
 
 DATASET_FORMAT = "cvvae-latent-dataset"
 
@@ -57,6 +50,9 @@ def _world() -> tuple[int, int, int]:
 
 
 def _sources(path: Path) -> list[ClipSource]:
+    from cvvae.io import list_videos
+    from cvvae.latents.encode_dataset import clip_sources
+
     base = path if path.is_dir() else path.parent
     try:
         return clip_sources(list_videos([str(path)]), base)
@@ -93,6 +89,11 @@ def _encode_source(
     rank: int,
 ) -> dict:
     """Read, encode and store one clip; its manifest row (failed with the reason if unreadable)."""
+    import av
+    import torch
+
+    from cvvae.latents.encode_dataset import clip_seed, done_row, failed_row, short_clip_reason
+
     try:
         clip = read_clip(source.path, args)
     except (UserInputError, OSError, av.FFmpegError) as error:
@@ -113,6 +114,11 @@ def _encode_source(
 
 def cmd_encode_dataset(args: argparse.Namespace) -> None:
     """Encode this rank's share of LIST into OUT; skip clips the manifest already has."""
+    import torch
+
+    from cvvae.latents.encode_dataset import DONE, Summary, pending, rank_share
+    from cvvae.latents.store import ManifestWriter, ShardWriter, merged_manifest, write_settings
+
     rank, world, local_rank = _world()
     folder, device = model_folder(args), resolve_device(args.device)
     if device.type == "cuda":
@@ -122,7 +128,7 @@ def cmd_encode_dataset(args: argparse.Namespace) -> None:
     if not args.output.parent.is_dir():
         raise UserInputError(f"output folder's parent does not exist: {args.output}")
     args.output.mkdir(exist_ok=True)
-    model = load_model(folder, device, DTYPES[args.dtype], args.memory_budget)
+    model = load_model(folder, device, torch_dtype(args.dtype), args.memory_budget)
     write_settings(args.output, _settings(folder, model, args))
     share = rank_share(len(sources), rank, world)
     todo = pending(sources, share, merged_manifest(args.output), args.retry_failed)
@@ -130,14 +136,17 @@ def cmd_encode_dataset(args: argparse.Namespace) -> None:
     manifest = ManifestWriter(args.output, rank)
     shards = ShardWriter(args.output, rank, args.clips_per_shard)
     started = time.perf_counter()
-    with tqdm(
-        total=len(todo),
-        desc=f"rank {rank}",
-        unit="clip",
-        position=local_rank,
-        disable=None,
-        file=sys.stderr,
-    ) as bar:
+    with (
+        logging_redirect_tqdm([logging.getLogger("cvvae")]),
+        tqdm(
+            total=len(todo),
+            desc=f"rank {rank}",
+            unit="clip",
+            position=local_rank,
+            disable=None,
+            file=sys.stderr,
+        ) as bar,
+    ):
         for source in todo:
             row = _encode_source(source, args, model, device, shards, rank)
             manifest.append(row)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers import AutoencoderKL
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cvvae.cli.common import (
-    DTYPES,
     Formatter,
     add_device_options,
     default_model_path,
@@ -21,15 +21,19 @@ from cvvae.cli.common import (
     non_negative,
     positive,
     resolve_device,
+    torch_dtype,
 )
 from cvvae.errors import UserInputError
-from cvvae.evaluation.baselines import BASELINE_NAMES
-from cvvae.evaluation.compatibility import check_pair
-from cvvae.evaluation.protocol import Protocol, Segment
-from cvvae.evaluation.report import grid_figure, report_data, write_report
-from cvvae.evaluation.runner import IMAGE_VAE, evaluate_image, evaluate_video
-from cvvae.io import is_image_path, read_image, read_video
-from cvvae.training.lpips import load_lpips
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import AutoencoderKL
+
+    from cvvae.evaluation.protocol import Protocol, Segment
+
+# names the report uses for other things (cvvae.evaluation.baselines.BASELINE_NAMES,
+# runner.IMAGE_VAE and runner.INPUT; tests check they agree)
+RESERVED_NAMES = ("image-vae-per-frame", "uniform-repeat", "uniform-linear", "image-vae", "input")
 
 DESCRIPTION = """\
 Evaluate one or more video VAEs on video clips (and images) in one stated protocol, optionally
@@ -43,7 +47,12 @@ Segments running past the end of a video are not used. FRAMES must be 1 + 4k. re
 lists the source frames of every clip; every encoder uses its posterior mean.
 
 Metrics per frame and per clip (mean over frames): PSNR and SSIM in [-1, 1] (data range 2),
-and LPIPS with --lpips-weights.
+and LPIPS with --lpips-weights. FVD over all clips with --i3d-weights (I3D logits of 224x224
+frames; needs 2 clips or more, and many more for a stable value).
+
+grid.png (first clip): the input at a few frames (--grid-frames) with an enlarged crop and an
+x-t slice (one pixel row over time, where flicker shows as streaks), then per method its error
+at those frames on one colour scale for all methods, its crop and its x-t slice.
 
 With --image-vae (the image VAE the models were made for):
   compatibility: the image decoder on each latent frame of a model vs psi(clip), psi = first /
@@ -100,12 +109,14 @@ def _models(args: argparse.Namespace) -> list[tuple[str, Path]]:
     for name in names:
         if names.count(name) > 1:
             raise UserInputError(f"two models are named {name!r}; use --model NAME=PATH")
-        if name in (*BASELINE_NAMES, IMAGE_VAE):
+        if name in RESERVED_NAMES:
             raise UserInputError(f"model name {name!r} is reserved for a baseline")
     return specs
 
 
 def _load_image_vae(folder: Path, device: torch.device, dtype: torch.dtype) -> AutoencoderKL:
+    from diffusers import AutoencoderKL
+
     if not (folder / "config.json").is_file():
         raise UserInputError(f"image VAE folder has no config.json: {folder}")
     try:
@@ -116,6 +127,8 @@ def _load_image_vae(folder: Path, device: torch.device, dtype: torch.dtype) -> A
 
 
 def _video_paths(args: argparse.Namespace) -> list[Path]:
+    from cvvae.io import is_image_path
+
     if args.video_list is None:
         paths = list(args.videos or [])
     else:
@@ -133,6 +146,8 @@ def _video_paths(args: argparse.Namespace) -> list[Path]:
 
 
 def _image_paths(folder: Path | None) -> list[Path]:
+    from cvvae.io import is_image_path
+
     if folder is None:
         return []
     if not folder.is_dir():
@@ -145,6 +160,9 @@ def _image_paths(folder: Path | None) -> list[Path]:
 
 def _segments(path: Path, protocol: Protocol) -> list[tuple[Segment, torch.Tensor]]:
     """The complete segments of one video (see the protocol), each a ``(3, F, H, W)`` clip."""
+    from cvvae.evaluation.protocol import Segment
+    from cvvae.io import read_video
+
     f = protocol.frames
     video, info = read_video(
         path,
@@ -167,12 +185,6 @@ def _segments(path: Path, protocol: Protocol) -> list[tuple[Segment, torch.Tenso
         )
         for s in range(count)
     ]
-
-
-def default_grid_frame(frames: int) -> int:
-    """A clip frame midway between two uniform-sampling keyframes near the middle (0 if none)."""
-    groups = (frames - 1) // 4
-    return 4 * (groups // 2) + 2 if groups else 0
 
 
 def _output_folder(path: Path) -> Path:
@@ -207,6 +219,17 @@ def _print_summary(data: dict) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Evaluate the models on the clips and images; write the report into ``--out``."""
+    import torch
+
+    from cvvae.evaluation.compatibility import check_pair
+    from cvvae.evaluation.fvd import load_i3d
+    from cvvae.evaluation.grid import default_grid_frames, grid_figure
+    from cvvae.evaluation.protocol import Protocol
+    from cvvae.evaluation.report import report_data, write_report
+    from cvvae.evaluation.runner import evaluate_image, evaluate_video
+    from cvvae.io import read_image
+    from cvvae.training.lpips import load_lpips
+
     if args.videos is None and args.video_list is None and args.images is None:
         raise UserInputError("nothing to evaluate: give --videos, --video-list or --images")
     if args.baselines and args.image_vae is None:
@@ -214,7 +237,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     out = _output_folder(args.out)
     specs = _models(args)
     videos, images = _video_paths(args), _image_paths(args.images)
-    device, dtype = resolve_device(args.device), DTYPES[args.dtype]
+    device, dtype = resolve_device(args.device), torch_dtype(args.dtype)
     protocol = Protocol(  # checks the clip options before anything is loaded
         frames=args.frames,
         height=args.height,
@@ -224,8 +247,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         segments=args.segments,
         seed=args.seed,
     )
-    if args.grid_frame is not None and args.grid_frame >= args.frames:
-        raise UserInputError(f"--grid-frame {args.grid_frame} is not below --frames {args.frames}")
+    for frame in args.grid_frames or []:
+        if frame >= args.frames:
+            raise UserInputError(f"--grid-frames {frame} is not below --frames {args.frames}")
     models = {name: load_model(path, device, dtype) for name, path in specs}
     image_vae = None if args.image_vae is None else _load_image_vae(args.image_vae, device, dtype)
     if image_vae is not None:
@@ -237,31 +261,36 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                     f"model {name!r} does not fit the image VAE: {error}"
                 ) from None
     lpips = None if args.lpips_weights is None else load_lpips(args.lpips_weights).to(device)
+    i3d = None if args.i3d_weights is None else load_i3d(args.i3d_weights).to(device)
     protocol = replace(
         protocol,
         models={name: _folder_id(path) for name, path in specs},
         image_vae=None if args.image_vae is None else _folder_id(args.image_vae),
         lpips=None if args.lpips_weights is None else _file_id(args.lpips_weights),
+        i3d=None if args.i3d_weights is None else _file_id(args.i3d_weights),
     )
     torch.manual_seed(args.seed)
     options = dict(baselines=args.baselines, lpips=lpips)
-
-    grid_frame = default_grid_frame(args.frames) if args.grid_frame is None else args.grid_frame
+    grid_frames = args.grid_frames or default_grid_frames(args.frames)
     segments, video_results, image_results, grid = [], [], [], None
     total = len(videos) * args.segments + len(images)
-    with tqdm(total=total, unit="clip", leave=False, disable=None, file=sys.stderr) as bar:
+    with (
+        logging_redirect_tqdm([logging.getLogger("cvvae")]),
+        tqdm(total=total, unit="clip", leave=False, disable=None, file=sys.stderr) as bar,
+    ):
         for path in videos:
             bar.set_description(path.name)
             clips = _segments(path, protocol)
             bar.total -= args.segments - len(clips)
             for segment, clip in clips:
-                result = evaluate_video(clip, models, image_vae, **options)
+                result = evaluate_video(clip, models, image_vae, i3d=i3d, **options)
                 if grid is None:
                     grid = grid_figure(
-                        clip[:, grid_frame],
-                        {n: r[:, grid_frame] for n, r in result.reconstructions.items()},
-                        f"{path.name}, segment {segment.index}, clip frame {grid_frame} "
-                        f"(source frame {segment.source_frames[grid_frame]})",
+                        clip,
+                        result.reconstructions,
+                        f"{path.name}, segment {segment.index} (source frames "
+                        f"{segment.source_frames[0]}..{segment.source_frames[-1]})",
+                        grid_frames,
                     )
                 result.reconstructions.clear()  # only the grid needs them
                 segments.append(segment)
@@ -323,6 +352,12 @@ def register(sub) -> None:
         metavar="PATH",
         help="LPIPS safetensors file (see docs/training.md); adds the LPIPS metric",
     )
+    g.add_argument(
+        "--i3d-weights",
+        type=Path,
+        metavar="PATH",
+        help="I3D (Kinetics-400) safetensors file (see docs/evaluation.md); adds FVD",
+    )
     add_device_options(g)
 
     g = p.add_argument_group("inputs and protocol")
@@ -353,11 +388,12 @@ def register(sub) -> None:
     )
     g.add_argument("--seed", type=int, default=0, help="torch seed, recorded in the report")
     g.add_argument(
-        "--grid-frame",
+        "--grid-frames",
         type=non_negative,
+        nargs="+",
         metavar="N",
-        help="clip frame shown in grid.png (first clip); default: between two "
-        "uniform-sampling keyframes, near the middle",
+        help="clip frames shown in grid.png (first clip); default: the first, one between two "
+        "uniform-sampling keyframes near the middle, and the last",
     )
     g.add_argument(
         "--out",

@@ -38,12 +38,35 @@ def cmd_inflate(args: argparse.Namespace) -> None:
     )
 
 
+def presets_folder() -> Path:
+    """The training presets installed with the package (``cvvae/configs/*.yaml``)."""
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_folder().glob("*.yaml"))
+
+
+def resolve_config(text: str) -> Path:
+    """CONFIG as given: an existing file, a path (it has a folder or a .yaml/.yml ending; its
+    absence is reported by the config loader), or else the name of an installed preset."""
+    path = Path(text)
+    if path.is_file() or len(path.parts) > 1 or path.suffix in (".yaml", ".yml"):
+        return path
+    preset = presets_folder() / f"{text}.yaml"
+    if not preset.is_file():
+        raise UserInputError(
+            f"no config file and no preset named {text!r} (presets: {', '.join(preset_names())})"
+        )
+    return preset
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     """Train (or resume) a compatible video VAE from a YAML config with key=value overrides."""
     from cvvae.training import load_config, train
     from cvvae.training.trainer import NonFiniteLossError
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(resolve_config(args.config), args.overrides)
     try:
         exported = train(config)
     except NonFiniteLossError as error:
@@ -78,10 +101,15 @@ def register(sub) -> None:
         "train",
         formatter_class=Formatter,
         help="train a compatible video VAE (one process, or many under torchrun/accelerate)",
-        description="Train from CONFIG (YAML; presets in configs/: tiny, sd21, sd3) with key=value overrides,\n"
-        "e.g. 'cvvae train configs/tiny.yaml train.max_steps=100'. Resumes from the latest complete\n"
-        "checkpoint in the output folder. See docs/training.md.",
+        description="Train from CONFIG (a YAML file, or the name of a preset installed with cvvae: tiny,\n"
+        "sd21, sd3) with key=value overrides, e.g. 'cvvae train tiny max_steps=100' or\n"
+        "'cvvae train my.yaml'. Resumes from the latest complete checkpoint in the output folder.\n"
+        "See docs/training.md.",
     )
-    p.add_argument("config", type=Path, metavar="CONFIG", help="YAML config file")
+    p.add_argument(
+        "config",
+        metavar="CONFIG",
+        help="YAML config file, or a preset name (tiny, sd21, sd3; files in cvvae/configs/)",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(run=cmd_train)

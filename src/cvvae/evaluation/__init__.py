@@ -3,7 +3,7 @@
 Library functions take tensors and return numbers; only :func:`write_report` writes files.
 A typical script::
 
-    result = evaluate_video(clip, {"cvvae": model}, image_vae, baselines=True)
+    result = evaluate_video(clip, {"cvvae": model}, image_vae, baselines=True, i3d=i3d)
     summary = summarize_videos([result, ...])  # plain dicts of floats
 """
 
@@ -17,10 +17,11 @@ from cvvae.evaluation.compatibility import (
     latent_compatibility,
     relative_error,
 )
+from cvvae.evaluation.fvd import I3D, frechet_distance, i3d_features, load_i3d
+from cvvae.evaluation.grid import Crop, default_grid_frames, grid_figure, worst_crop
 from cvvae.evaluation.metrics import clip_mean, lpips_per_frame, psnr, ssim
 from cvvae.evaluation.protocol import Protocol, Segment
 from cvvae.evaluation.report import (
-    grid_figure,
     markdown_report,
     psnr_curve_figure,
     report_data,
@@ -41,6 +42,8 @@ __all__ = [
     "BASELINE_NAMES",
     "PSI_MODES",
     "Compatibility",
+    "Crop",
+    "I3D",
     "FrameScores",
     "ImageResult",
     "Protocol",
@@ -50,14 +53,18 @@ __all__ = [
     "clip_mean",
     "evaluate_image",
     "evaluate_video",
+    "default_grid_frames",
     "fill_frames",
     "first_frame_latent_error",
     "frame_scores",
+    "frechet_distance",
     "grid_figure",
+    "i3d_features",
     "image_latent_error",
     "image_vae_on_psi",
     "keyframe_indices",
     "latent_compatibility",
+    "load_i3d",
     "lpips_per_frame",
     "markdown_report",
     "psnr",
@@ -67,5 +74,6 @@ __all__ = [
     "ssim",
     "summarize_images",
     "summarize_videos",
+    "worst_crop",
     "write_report",
 ]

@@ -19,13 +19,20 @@ from cvvae.errors import UserInputError
 from cvvae.evaluation.sampling import keyframe_indices
 from cvvae.training.latent_reg import GROUP
 
+FVD_FEATURES = (
+    "I3D logits averaged over time, of each clip and of each reconstruction, every frame resized "
+    "to 224x224 (bilinear, antialiased), pixels in [-1, 1]; Frechet distance of Gaussians fitted "
+    "to all clips' features (mean, unbiased covariance)"
+)
+
 
 @dataclass(frozen=True)
 class Protocol:
     """What was measured and how; stored with every result.
 
     ``models`` maps each evaluated model name to an identifier (path and weights hash, say);
-    ``image_vae`` and ``lpips`` identify the image VAE and LPIPS weights, or are None.
+    ``image_vae``, ``lpips`` and ``i3d`` identify the image VAE, LPIPS and I3D (FVD) weights, or
+    are None.
     ``seed`` seeds torch before evaluation (the evaluation itself is deterministic: every encoder
     uses its posterior mean).
     """
@@ -40,6 +47,7 @@ class Protocol:
     models: dict[str, str] = field(default_factory=dict)
     image_vae: str | None = None
     lpips: str | None = None
+    i3d: str | None = None
 
     def __post_init__(self):
         if self.frames < 1 or (self.frames - 1) % GROUP:
@@ -74,6 +82,7 @@ class Protocol:
                 "only complete segments are evaluated"
             ),
             "posterior": "mean",
+            "fvd_features": None if self.i3d is None else FVD_FEATURES,
         }
 
 

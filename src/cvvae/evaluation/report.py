@@ -1,5 +1,6 @@
 """Evaluation reports: one JSON document with every number and the protocol, a Markdown table
-made from it, and PNG plots (per-frame PSNR curves; input / reconstruction / error grid).
+made from it, and PNG plots (per-frame PSNR curves; the comparison picture of
+:mod:`cvvae.evaluation.grid`).
 
 :func:`report_data` builds the JSON document from results; :func:`markdown_report` and
 :func:`psnr_curve_figure` need only that document, so both can be redrawn from a saved
@@ -13,10 +14,8 @@ import json
 import math
 from pathlib import Path
 
-import torch
 from matplotlib.figure import Figure
 
-from cvvae.evaluation.metrics import psnr
 from cvvae.evaluation.protocol import Protocol, Segment
 from cvvae.evaluation.runner import (
     ImageResult,
@@ -146,8 +145,11 @@ def _protocol_lines(data: dict) -> list[str]:
         f"Uniform sampling keeps clip frames {p['uniform_sampling_keyframes']}.",
         "",
         "Models: " + ", ".join(f"`{k}` = {v}" for k, v in p["models"].items()) + ".",
-        f"Image VAE: {p['image_vae'] or 'none'}. LPIPS weights: {p['lpips'] or 'none'}.",
+        f"Image VAE: {p['image_vae'] or 'none'}. LPIPS weights: {p['lpips'] or 'none'}. "
+        f"I3D weights (FVD): {p.get('i3d') or 'none'}.",
     ]
+    if p.get("fvd_features"):
+        lines.append(f"FVD: {p['fvd_features']}.")
     return lines
 
 
@@ -161,16 +163,20 @@ def _video_lines(videos: dict) -> list[str]:
             _num(m["psnr"], 2),
             _num(m["ssim"], 4),
             _num(m["lpips"], 4),
+            _num(m.get("fvd"), 2),
         ]
         for name, m in summary["methods"].items()
     ]
+    header = ["method", "latent frames / clip", "PSNR (dB)", "SSIM", "LPIPS", "FVD"]
     lines = [
         "",
         f"## Video reconstruction ({len(clips)} clips from {n_sources} videos)",
         "",
-        "Per-frame metrics averaged over frames, then over clips.",
+        "Per-frame metrics averaged over frames, then over clips. FVD is over all clips "
+        "(n/a without I3D weights or with fewer than 2 clips; few clips give a biased, "
+        "noisy FVD: compare methods only on the same clips).",
         "",
-        *_table(["method", "latent frames / clip", "PSNR (dB)", "SSIM", "LPIPS"], rows),
+        *_table(header, rows),
     ]
     if summary["compatibility"]:
         rows = []
@@ -269,38 +275,6 @@ def psnr_curve_figure(data: dict) -> Figure:
     ax.set_title(f"Per-frame PSNR, mean over {len(videos['clips'])} clips")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return fig
-
-
-def _to_rgb(x: torch.Tensor):
-    """``(3, H, W)`` in [-1, 1] -> ``(H, W, 3)`` numpy in [0, 1]."""
-    return ((x.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
-
-
-def grid_figure(reference: torch.Tensor, reconstructions: dict[str, torch.Tensor], title: str):
-    """One row per method: input, reconstruction and the absolute error (mean over channels,
-    one colour scale for all rows). ``reference`` and each reconstruction are ``(3, H, W)``."""
-    errors = {n: (r - reference).abs().mean(0) for n, r in reconstructions.items()}
-    vmax = max(e.max().item() for e in errors.values()) or 1.0
-    rows = len(reconstructions)
-    height, width = reference.shape[-2:]
-    fig = Figure(figsize=(9, 3 * rows * height / width + 0.6), layout="constrained")
-    axes = fig.subplots(rows, 3, squeeze=False)
-    for row, (name, recon) in enumerate(reconstructions.items()):
-        err = errors[name]
-        value = psnr(reference, recon).item()
-        axes[row, 0].imshow(_to_rgb(reference))
-        axes[row, 1].imshow(_to_rgb(recon))
-        image = axes[row, 2].imshow(err.numpy(), cmap="magma", vmin=0, vmax=vmax)
-        axes[row, 0].set_ylabel(name)
-        axes[row, 1].set_title(f"{name}: {value:.2f} dB", fontsize="small")
-        axes[row, 2].set_title("|error|, mean over RGB", fontsize="small")
-        for ax in axes[row]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.colorbar(image, ax=axes[row, 2], fraction=0.046)
-    axes[0, 0].set_title("input", fontsize="small")
-    fig.suptitle(title, fontsize="medium")
     return fig
 
 

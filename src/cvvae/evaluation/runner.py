@@ -9,7 +9,7 @@ numbers that reports and scripts use.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from diffusers import AutoencoderKL
@@ -24,23 +24,28 @@ from cvvae.evaluation.compatibility import (
     image_vae_on_psi,
     latent_compatibility,
 )
+from cvvae.evaluation.fvd import frechet_distance, i3d_features
 from cvvae.evaluation.scores import FrameScores, frame_scores
 from cvvae.models import CVVAE
 
 IMAGE_VAE = "image-vae"  # the image VAE round trip, the baseline for images
+INPUT = "input"  # key of the clip's own I3D features in VideoResult.features
 
 
 @dataclass
 class VideoResult:
     """One clip ``(3, T, H, W)``. Per method: ``scores`` per frame ``(T,)``, ``latent_frames``
     it used and its ``reconstructions`` ``(3, T, H, W)``. Per video VAE (given an image VAE):
-    ``compatibility`` per psi mode and ``first_frame_error`` (relative latent error)."""
+    ``compatibility`` per psi mode and ``first_frame_error`` (relative latent error). Given an
+    I3D network: ``features`` ``(D,)`` of every method's reconstruction and of the clip itself
+    (key :data:`INPUT`), for FVD."""
 
     scores: dict[str, FrameScores]
     latent_frames: dict[str, int]
     reconstructions: dict[str, torch.Tensor]
     compatibility: dict[str, dict[str, Compatibility]]
     first_frame_error: dict[str, float]
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,9 +75,12 @@ def evaluate_video(
     *,
     baselines: bool = False,
     lpips: torch.nn.Module | None = None,
+    i3d: torch.nn.Module | None = None,
 ) -> VideoResult:
     """Reconstruct ``clip`` ``(3, 1+4k, H, W)`` in [-1, 1] with every model (and baseline) and
-    score it; compatibility metrics for every model when ``image_vae`` is given."""
+    score it; compatibility metrics for every model when ``image_vae`` is given; with ``i3d``
+    (:func:`~cvvae.evaluation.fvd.load_i3d`) the FVD features of the clip and of every
+    reconstruction."""
     _check_inputs(models, image_vae, baselines)
     num_frames, size = clip.shape[1], tuple(clip.shape[-2:])
     result = VideoResult({}, {}, {}, {}, {})
@@ -90,6 +98,10 @@ def evaluate_video(
             result.latent_frames[name] = latent_frames
     for name, recon in result.reconstructions.items():
         result.scores[name] = frame_scores(clip, recon, lpips)
+    if i3d is not None:
+        result.features[INPUT] = i3d_features(i3d, clip)
+        for name, recon in result.reconstructions.items():
+            result.features[name] = i3d_features(i3d, recon)
     return result
 
 
@@ -129,20 +141,32 @@ def _average(scores: list[FrameScores]) -> dict[str, float | None]:
 def summarize_videos(results: list[VideoResult]) -> dict:
     """Average clip results (all with the same methods and frame count) into::
 
-        {"methods": {name: {"psnr", "ssim", "lpips", "latent_frames", "psnr_per_frame": [T]}},
+        {"methods": {name: {"psnr", "ssim", "lpips", "fvd", "latent_frames",
+                            "psnr_per_frame": [T]}},
          "compatibility": {model: {"first_frame_latent_error": float,
                                    mode: {"psnr", "ssim", "lpips", "image_vae_psnr",
                                           "image_vae_ssim", "image_vae_lpips", "psnr_gap"}}}}
 
     ``psnr_gap`` is ``image_vae_psnr - psnr``: what the video VAE's latents lose against the
-    image VAE's own on the same frames.
+    image VAE's own on the same frames. ``fvd`` is the Fréchet distance between the I3D features
+    of the clips and of the method's reconstructions; None without features or with fewer than
+    2 clips (it needs a covariance; published FVDs use hundreds of clips or more).
     """
     first = results[0]
+    with_fvd = bool(first.features) and len(results) >= 2
     methods = {}
     for name in first.scores:
         scores = [r.scores[name] for r in results]
         methods[name] = {
             **_average(scores),
+            "fvd": (
+                frechet_distance(
+                    torch.stack([r.features[INPUT] for r in results]),
+                    torch.stack([r.features[name] for r in results]),
+                )
+                if with_fvd
+                else None
+            ),
             "latent_frames": first.latent_frames[name],
             "psnr_per_frame": torch.stack([s.psnr for s in scores]).mean(0).tolist(),
         }
