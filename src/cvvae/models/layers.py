@@ -14,17 +14,50 @@ The per-frame 2D convolution of each ResNet block always zero-pads, in both flav
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:  # the chunked-execution state; layers only call its methods
-    from ..inference.streaming import StreamState
-
 PADDING_MODES = ("zeros", "replicate")
+
+
+class ChunkRunner(Protocol):
+    """What the layers need from chunked execution (the network runs a few frames per call).
+
+    Layers take one as ``stream`` (``None``: the ordinary full pass) and leave to it what
+    chunking changes: convolutions over time (which keep the frames not yet consumed between
+    calls) and GroupNorm statistics (which span the whole clip). For that, a
+    :class:`PaddedConv3d` exposes its padding (``pad_spec``, ``time_pad_frames``), its
+    convolution over already-padded frames (``conv_valid_time``) and ``frames_per_latent``.
+    """
+
+    def conv(
+        self,
+        conv: PaddedConv3d,
+        x: torch.Tensor,
+        prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``conv`` over the frames available so far (``prepare``: a per-frame map first)."""
+        ...
+
+    def block_conv(
+        self, conv: PaddedConv3d, norm: nn.GroupNorm, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``conv(silu(norm(x)))`` over the frames available so far, and the frames of ``x``
+        its outputs line up with."""
+        ...
+
+    def norm_silu_(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        """``silu(norm(x))`` with clip-wide statistics, in place."""
+        ...
+
+    def is_first_output(self, owner: nn.Module, x: torch.Tensor) -> bool:
+        """Whether ``x`` is ``owner``'s first non-empty output of the pass."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -177,7 +210,7 @@ class PaddedConv3d(Conv3d):
         """The convolution over frames that are already time-padded (space padded here)."""
         return super().forward(self.pad_space(x))
 
-    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: ChunkRunner | None = None) -> torch.Tensor:
         if stream is not None and self.streams_time:
             return stream.conv(self, x)
         return super().forward(self.pad(x))
@@ -206,8 +239,8 @@ class FrameConv2d(nn.Module):
 
 
 class VideoGroupNorm(nn.GroupNorm):
-    """GroupNorm over channels-in-group x T x H x W; under chunked execution the stream state
-    normalises with its statistics instead (see :mod:`cvvae.inference.streaming`)."""
+    """GroupNorm over channels-in-group x T x H x W; under chunked execution the
+    :class:`ChunkRunner` normalises with its statistics instead."""
 
 
 class ResnetBlock(nn.Module):
@@ -235,7 +268,7 @@ class ResnetBlock(nn.Module):
             Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
         )
 
-    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: ChunkRunner | None = None) -> torch.Tensor:
         if stream is None:
             h, skip = self.conv1(F.silu(self.norm1(x))), x
         else:  # chunked: the non-causal conv1 lags behind, the skip is lined up with it
@@ -261,7 +294,7 @@ class Downsample(nn.Module):
         stride = (2, 2, 2) if time else (1, 2, 2)
         self.conv = PaddedConv3d(channels, channels, 3, downsample_padding(padding_mode), stride)
 
-    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: ChunkRunner | None = None) -> torch.Tensor:
         return self.conv(x, stream)
 
 
@@ -282,7 +315,7 @@ class Upsample(nn.Module):
             return _no_frames(x, x.shape[1], scale=2)
         return F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
 
-    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: ChunkRunner | None = None) -> torch.Tensor:
         if stream is None:
             x = self.conv(self._double_size(x))
         else:  # the stream caches frames before the (per-frame) upsampling
