@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # the engine reads what layers expose; it imports nothing of them at runtime
-    from ..models.layers import PaddedConv3d
+    from ..models.convs import PaddedConv3d
 
 
 class Window(NamedTuple):

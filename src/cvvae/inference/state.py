@@ -17,7 +17,7 @@ from .caches import ConvCaches
 from .norms import Moments, NormStatistics, Stats, as_stats
 
 if TYPE_CHECKING:
-    from ..models.layers import PaddedConv3d
+    from ..models.convs import PaddedConv3d
 
 
 class StreamState:

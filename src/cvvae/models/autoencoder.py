@@ -14,7 +14,6 @@ The class follows diffusers' VAE contract (``AutoencoderKL``, ``AutoencoderKLWan
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,30 +26,31 @@ from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import UserInputError
 from ..inference.engine import decode_latents, encode_moments
-from ..inference.plan import InferencePlan, describe_plan, plan_for_budget, plan_for_tiles
 from ..inference.precision import check_finite
-from .checkpoint import LAYOUTS, config_from_released, from_layout, to_layout
+from .checkpoint import LAYOUTS, to_layout
+from .convs import PADDING_MODES, Conv3d
 from .distributions import DiagonalGaussian
-from .layers import PADDING_MODES, Conv3d
 from .loading import (
     CONFIG_NAME,
     check_save_arguments,
+    load_model,
     placement,
     resolve_folder,
     split_load_arguments,
     weights_name,
 )
 from .networks import Decoder, Encoder
+from .settings import TilingSettings
 from .validation import check_decode_input, check_encode_input, check_size
 
 logger = logging.getLogger("cvvae")
 
 
-class CVVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
+class CVVAE(TilingSettings, ModelMixin, AutoencoderMixin, ConfigMixin):
     """Compatible video VAE: causal 3D encoder, non-causal 3D decoder, 4x time and 8x space.
 
     Config (saved by ``save_pretrained``): channels, depth, normalisation, ``padding_mode``
@@ -112,14 +112,7 @@ class CVVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         self.post_quant_conv = (
             Conv3d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
         )
-        # runtime settings (diffusers' names; enable_tiling / enable_slicing), never saved
-        self.use_slicing = False
-        self.use_tiling = False
-        self.tile_sample_min_height = 256
-        self.tile_sample_min_width = 256
-        self.tile_sample_min_num_frames = 16
-        self._inference_plan: InferencePlan | None = None
-        self._memory_budget: float | None = None
+        self.use_slicing = False  # runtime settings, never saved (tiling: TilingSettings)
 
     # ----------------------------------------------------------------- shapes and scaling
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -156,85 +149,6 @@ class CVVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         if pad_t:
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pad_t, -1, -1)], dim=2)
         return x
-
-    # ----------------------------------------------------------------- runtime settings
-    def enable_tiling(
-        self,
-        tile_sample_min_height: int | None = None,
-        tile_sample_min_width: int | None = None,
-        tile_sample_min_num_frames: int | None = None,
-        plan: InferencePlan | None = None,
-    ) -> None:
-        """Bound memory in time and space (never saved): the full-resolution levels run a few
-        frames at a time and, when the frame is larger than a tile, tile by tile with halos;
-        images too. With no arguments, tiles of 256 x 256 video pixels and 16-frame encoder
-        chunks (the decoder: one latent frame per call), which keeps 720p within a quarter of
-        the full pass's memory (docs/performance.md).
-
-        ``tile_sample_min_height`` / ``_width``: the largest tile, in video pixels (tiles are
-        near-equal and cover the frame; neighbours' halos are added, not overlapped);
-        ``tile_sample_min_num_frames``: video frames per encoder call (a multiple of 4; the
-        decoder takes one latent frame per 16 of them). ``plan``: an expert
-        :class:`~cvvae.inference.plan.InferencePlan` instead (statistics modes, tile levels
-        and order). To pick the sizes from a memory budget, use :meth:`set_memory_budget`.
-        """
-        sizes = (tile_sample_min_height, tile_sample_min_width, tile_sample_min_num_frames)
-        if plan is not None and any(size is not None for size in sizes):
-            raise ValueError("enable_tiling takes tile sizes or a plan, not both")
-        if plan is not None and not isinstance(plan, InferencePlan):
-            raise ValueError(f"plan must be an InferencePlan, got {type(plan).__name__}")
-        height = tile_sample_min_height or self.tile_sample_min_height
-        width = tile_sample_min_width or self.tile_sample_min_width
-        frames = tile_sample_min_num_frames or self.tile_sample_min_num_frames
-        plan_for_tiles(height, width, frames)  # checks the sizes before anything changes
-        self.tile_sample_min_height, self.tile_sample_min_width = height, width
-        self.tile_sample_min_num_frames = frames
-        self.use_tiling = True
-        self._inference_plan = plan
-        self._memory_budget = None
-
-    def set_memory_budget(self, gib: float) -> None:
-        """Pick chunks and tiles per call so the estimated peak stays under ``gib`` GiB (logged)."""
-        if isinstance(gib, bool) or not isinstance(gib, (int, float)) or not 0 < gib < math.inf:
-            raise ValueError(f"memory budget must be a positive number of GiB, got {gib!r}")
-        self._memory_budget = float(gib)
-        self.use_tiling = True
-        self._inference_plan = None
-
-    def disable_tiling(self) -> None:
-        """Back to one full pass over the clip (exact, memory grows with the clip)."""
-        self.use_tiling = False
-        self._inference_plan = None
-        self._memory_budget = None
-
-    def _plan(self, direction: str, frames: int, height: int, width: int) -> InferencePlan | None:
-        """The plan for one call (``direction``: ``"encode"``/``"decode"``) on a video of
-        ``frames x height x width``; ``None``: the full pass. A budget's plan is logged."""
-        if not self.use_tiling:
-            return None
-        if self._memory_budget is None:
-            return self._inference_plan or plan_for_tiles(
-                self.tile_sample_min_height,
-                self.tile_sample_min_width,
-                self.tile_sample_min_num_frames,
-            )
-        channels = self.config.block_out_channels
-        plan = plan_for_budget(
-            self._memory_budget * 2**30,
-            (frames, height, width),
-            (channels[0], channels[-1]),
-            self.dtype.itemsize,
-            direction,
-        )
-        logger.info(
-            "memory budget %.2f GiB, %d frames %dx%d -> %s",
-            self._memory_budget,
-            frames,
-            width,
-            height,
-            describe_plan(plan, direction),
-        )
-        return plan
 
     # ----------------------------------------------------------------- encode / decode
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -391,7 +305,7 @@ class CVVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise UserInputError(f"model folder has no {path.name}: {folder}")
-        model = _load(cls, config_path, weights_path)
+        model = load_model(cls, config_path, weights_path)
         dtype = local.get("torch_dtype")
         if dtype is not None or device is not None:
             model = torch.nn.Module.to(model, device, dtype)  # ModelMixin.to warns on every cast
@@ -400,41 +314,3 @@ class CVVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
             empty: list[str] = []
             return model, dict(missing_keys=empty, unexpected_keys=[], mismatched_keys=[])
         return model
-
-
-def _load(cls: type[CVVAE], config_path: Path, weights_path: Path) -> CVVAE:
-    """The model of ``config_path`` with the weights of ``weights_path`` (strict)."""
-    try:
-        raw = json.loads(config_path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserInputError(f"unreadable model config ({error}): {config_path}") from None
-    if not isinstance(raw, dict):
-        raise UserInputError(f"model config is not a JSON object: {config_path}")
-    config = _our_config(cls, raw, str(config_path))
-    with torch.device("meta"):
-        model = cls(**config)
-    try:
-        checkpoint = load_file(weights_path)
-    except Exception as error:  # safetensors raises several types for corrupt files
-        raise UserInputError(f"unreadable model weights ({error}): {weights_path}") from None
-    tensors = from_layout(
-        checkpoint,
-        model.state_dict(),
-        model.config.state_dict_layout,
-        len(model.config.block_out_channels),
-        str(weights_path),
-    )
-    model.load_state_dict(tensors, strict=True, assign=True)
-    return model
-
-
-def _our_config(cls: type[CVVAE], raw: dict, source: str) -> dict:
-    if raw.get("_class_name") in ("CVVAEModel", "CVVAESD3Model"):
-        return config_from_released(raw, source)
-    if raw.get("_class_name") != cls.__name__:
-        raise UserInputError(f"unknown model class {raw.get('_class_name')!r} in {source}")
-    config = {k: v for k, v in raw.items() if not k.startswith("_")}
-    unknown = set(config) - (set(cls._get_init_keys(cls)) - {"self"})
-    if unknown:
-        raise UserInputError(f"unknown config keys {sorted(unknown)} in {source}")
-    return config

@@ -8,12 +8,15 @@ something this model cannot do, refused with a ``ValueError`` that names it; ``N
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from ..errors import UserInputError
+from .checkpoint import config_from_released, from_layout
 
 logger = logging.getLogger("cvvae")
 
@@ -143,3 +146,41 @@ def check_save_arguments(
         if name in ("use_flashpack",) and not value:
             continue
         raise ValueError(f"CVVAE.save_pretrained got an unsupported argument {name!r}={value!r}")
+
+
+def load_model(cls: type, config_path: Path, weights_path: Path):
+    """The model of ``config_path`` with the weights of ``weights_path`` (strict)."""
+    try:
+        raw = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"unreadable model config ({error}): {config_path}") from None
+    if not isinstance(raw, dict):
+        raise UserInputError(f"model config is not a JSON object: {config_path}")
+    config = _our_config(cls, raw, str(config_path))
+    with torch.device("meta"):
+        model = cls(**config)
+    try:
+        checkpoint = load_file(weights_path)
+    except Exception as error:  # safetensors raises several types for corrupt files
+        raise UserInputError(f"unreadable model weights ({error}): {weights_path}") from None
+    tensors = from_layout(
+        checkpoint,
+        model.state_dict(),
+        model.config.state_dict_layout,
+        len(model.config.block_out_channels),
+        str(weights_path),
+    )
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model
+
+
+def _our_config(cls: type, raw: dict, source: str) -> dict:
+    if raw.get("_class_name") in ("CVVAEModel", "CVVAESD3Model"):
+        return config_from_released(raw, source)
+    if raw.get("_class_name") != cls.__name__:
+        raise UserInputError(f"unknown model class {raw.get('_class_name')!r} in {source}")
+    config = {k: v for k, v in raw.items() if not k.startswith("_")}
+    unknown = set(config) - (set(cls._get_init_keys(cls)) - {"self"})
+    if unknown:
+        raise UserInputError(f"unknown config keys {sorted(unknown)} in {source}")
+    return config

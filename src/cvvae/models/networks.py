@@ -12,17 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (
-    ChunkRunner,
-    Downsample,
-    MidAttention,
-    PaddedConv3d,
-    ResnetBlock,
-    Upsample,
-    VideoGroupNorm,
-    causal_padding,
-    centered_padding,
-)
+from .convs import PaddedConv3d, causal_padding, centered_padding
+from .layers import ChunkRunner, Downsample, MidAttention, ResnetBlock, Upsample, VideoGroupNorm
 
 
 def encoder_level_halves_time(level: int, num_levels: int) -> bool:

@@ -106,50 +106,38 @@ class CVVAEVideoPipeline(DiffusionPipeline):
         off when ``max_guidance_scale <= 1``. ``callback_on_step_end(pipe, step, timestep,
         kwargs)`` gets ``callback_on_step_end_tensor_inputs`` and may return new ``latents``.
         """
-        device = self.device
         for name in callback_on_step_end_tensor_inputs:
             if name not in self._callback_tensor_inputs:
                 raise ValueError(
                     f"callback tensor inputs must be in {self._callback_tensor_inputs}, got {name!r}"
                 )
         image = self.video_processor.preprocess(image, height=height, width=width)
-        image = image.to(device, torch.float32)
+        image = image.to(self.device, torch.float32)
         height, width = image.shape[-2:]
-        batch = image.shape[0] * num_videos_per_prompt
         t, h, w = self.vae.latent_shape(num_frames, height, width)
         guided = max_guidance_scale > 1
+        context, image_latents, time_ids = self._conditioning(
+            image,
+            t,
+            num_videos_per_prompt,
+            guided,
+            (fps, motion_bucket_id, noise_aug_strength),
+            generator,
+        )
+        guidance = torch.linspace(min_guidance_scale, max_guidance_scale, t, device=self.device)
+        guidance = guidance.view(1, t, 1, 1, 1).to(self.unet.dtype) if guided else None
 
-        context = self._image_embeddings(image).repeat_interleave(num_videos_per_prompt, dim=0)
-        noise = randn_tensor(image.shape, generator=generator, device=device, dtype=image.dtype)
-        noisy_image = (image + noise_aug_strength * noise).to(self.vae.dtype)
-        image_latents = self.vae.encode(noisy_image).latent_dist.mode()  # unscaled, as in SVD
-        image_latents = image_latents.repeat_interleave(num_videos_per_prompt, dim=0)
-        image_latents = image_latents.unsqueeze(1).repeat(1, t, 1, 1, 1).to(self.unet.dtype)
-        time_ids = self._time_ids(fps, motion_bucket_id, noise_aug_strength, batch)
-        if guided:
-            context = torch.cat([torch.zeros_like(context), context])
-            image_latents = torch.cat([torch.zeros_like(image_latents), image_latents])
-            time_ids = torch.cat([time_ids, time_ids])
-        guidance = torch.linspace(min_guidance_scale, max_guidance_scale, t, device=device)
-        guidance = guidance.view(1, t, 1, 1, 1).to(self.unet.dtype)
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        shape = (batch, t, self.unet.config.out_channels, h, w)
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        shape = (image.shape[0] * num_videos_per_prompt, t, self.unet.config.out_channels, h, w)
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+            latents = randn_tensor(
+                shape, generator=generator, device=self.device, dtype=self.unet.dtype
+            )
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device, self.unet.dtype) * self.scheduler.init_noise_sigma
+        latents = latents.to(self.device, self.unet.dtype) * self.scheduler.init_noise_sigma
         for i, step in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            x = torch.cat([latents] * 2) if guided else latents
-            x = torch.cat([self.scheduler.scale_model_input(x, step), image_latents], dim=2)
-            pred = self.unet(
-                x, step, encoder_hidden_states=context, added_time_ids=time_ids, return_dict=False
-            )[0]
-            if guided:
-                uncond, cond = pred.chunk(2)
-                pred = uncond + guidance * (cond - uncond)
-            latents = self.scheduler.step(pred, step, latents).prev_sample
+            latents = self._denoise_step(latents, step, context, image_latents, time_ids, guidance)
             if callback_on_step_end is not None:
                 given = {"latents": latents} if callback_on_step_end_tensor_inputs else {}
                 latents = callback_on_step_end(self, i, step, given).get("latents", latents)
@@ -163,6 +151,48 @@ class CVVAEVideoPipeline(DiffusionPipeline):
             frames = self.video_processor.postprocess_video(video.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         return CVVAEVideoPipelineOutput(frames=frames) if return_dict else (frames,)
+
+    def _conditioning(
+        self,
+        image: torch.Tensor,
+        t: int,
+        copies: int,
+        guided: bool,
+        micro: tuple[int, int, float],
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The UNet's conditioning for ``image`` ``(B, 3, H, W)`` in [-1, 1], ``copies`` videos
+        each: CLIP context ``(N, 1, D)``, the noised image's latent repeated over ``t`` frames
+        ``(N, t, C, h, w)`` and SVD's time ids ``(N, 3)`` from ``micro = (fps, motion bucket,
+        noise strength)``; unconditional copies first when ``guided``."""
+        fps, motion_bucket_id, noise_aug_strength = micro
+        context = self._image_embeddings(image).repeat_interleave(copies, dim=0)
+        noise = randn_tensor(
+            image.shape, generator=generator, device=image.device, dtype=image.dtype
+        )
+        noisy_image = (image + noise_aug_strength * noise).to(self.vae.dtype)
+        image_latents = self.vae.encode(noisy_image).latent_dist.mode()  # unscaled, as in SVD
+        image_latents = image_latents.repeat_interleave(copies, dim=0)
+        image_latents = image_latents.unsqueeze(1).repeat(1, t, 1, 1, 1).to(self.unet.dtype)
+        time_ids = self._time_ids(fps, motion_bucket_id, noise_aug_strength, context.shape[0])
+        if guided:
+            context = torch.cat([torch.zeros_like(context), context])
+            image_latents = torch.cat([torch.zeros_like(image_latents), image_latents])
+            time_ids = torch.cat([time_ids, time_ids])
+        return context, image_latents, time_ids
+
+    def _denoise_step(self, latents, step, context, image_latents, time_ids, guidance):
+        """One scheduler step on ``latents`` ``(N, t, C, h, w)``; classifier-free guidance with
+        per-frame scale ``guidance`` ``(1, t, 1, 1, 1)`` unless it is ``None``."""
+        x = torch.cat([latents] * 2) if guidance is not None else latents
+        x = torch.cat([self.scheduler.scale_model_input(x, step), image_latents], dim=2)
+        pred = self.unet(
+            x, step, encoder_hidden_states=context, added_time_ids=time_ids, return_dict=False
+        )[0]
+        if guidance is not None:
+            uncond, cond = pred.chunk(2)
+            pred = uncond + guidance * (cond - uncond)
+        return self.scheduler.step(pred, step, latents).prev_sample
 
     def _decode(
         self, z: torch.Tensor, num_frames: int, height: int, width: int, chunk: int | None
