@@ -4,7 +4,7 @@ Modes: ``full`` (one pass, exact), ``reference`` (the released code's 576-px til
 windows, see reference_tiling.py), and chunked streaming with 16-frame encoder chunks and
 4-latent decoder chunks (the reference's window sizes; ``--chunks`` changes them): ``ours`` (the
 default plan: running statistics in both directions), ``ours-two_pass-encoder`` (two passes for
-the encoder) and ``ours-two_pass`` (two passes for both; see cvvae.inference.streaming); with
+the encoder) and ``ours-two_pass`` (two passes for both; see cvvae.inference.norms); with
 ``--compile`` also ``full-compiled`` (the full pass under ``torch.compile``, compiled in the warm-up);
 ``--tile`` / ``--tile-levels`` add tiled variants of our modes, ``--budget`` the plans that memory
 budgets pick, ``--default`` the plan of ``enable_tiling()`` with no arguments.

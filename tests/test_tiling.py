@@ -305,3 +305,35 @@ def test_memory_budget_is_kept_counted_on_meta(reference_dir, folder, monkeypatc
         model.decode(z)
     assert "memory budget 0.02 GiB is below what 64-px tiles need to decode" in caplog.text
     model.disable_tiling()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("folder", ["cvvae_sd21_tiny", "cvvae_sd3_tiny"])
+def test_enable_tiling_without_arguments_keeps_720p_within_a_quarter(
+    reference_dir, folder, monkeypatch
+):
+    """``enable_tiling()`` as a diffusers user calls it: 17x720p peaks at most a quarter of the
+    full pass's memory in both directions (counted on the meta device, fused attention)."""
+    import torch.nn.functional as F
+
+    from cvvae.inference.memory import PeakMemory
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", F.scaled_dot_product_attention)
+    load_benchmark("bench_inference").count_fused_attention_on_meta()
+    model = torch.nn.Module.to(
+        CVVAE.from_pretrained(reference_dir / folder), "meta", torch.bfloat16
+    ).eval()
+    x = torch.empty(1, 3, 17, 720, 1280, device="meta", dtype=torch.bfloat16)
+    z = torch.empty(
+        1, model.config.latent_channels, 5, 90, 160, device="meta", dtype=torch.bfloat16
+    )
+    peaks = {}
+    for tiled in (False, True):
+        model.enable_tiling() if tiled else model.disable_tiling()
+        for name, run in (("encode", lambda: model.encode(x)), ("decode", lambda: model.decode(z))):
+            with PeakMemory() as meter:
+                run()
+            peaks[name, tiled] = meter.peak_bytes
+    model.disable_tiling()
+    for name in ("encode", "decode"):
+        assert 0 < peaks[name, True] <= 0.25 * peaks[name, False], peaks
