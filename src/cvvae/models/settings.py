@@ -52,9 +52,11 @@ class TilingSettings:
             raise ValueError("enable_tiling takes tile sizes or a plan, not both")
         if plan is not None and not isinstance(plan, InferencePlan):
             raise ValueError(f"plan must be an InferencePlan, got {type(plan).__name__}")
-        height = tile_sample_min_height or self.tile_sample_min_height
-        width = tile_sample_min_width or self.tile_sample_min_width
-        frames = tile_sample_min_num_frames or self.tile_sample_min_num_frames
+        current = (self.tile_sample_min_height, self.tile_sample_min_width)
+        height, width, frames = (
+            old if new is None else new
+            for new, old in zip(sizes, (*current, self.tile_sample_min_num_frames), strict=True)
+        )
         plan_for_tiles(height, width, frames)  # checks the sizes before anything changes
         self.tile_sample_min_height, self.tile_sample_min_width = height, width
         self.tile_sample_min_num_frames = frames
