@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_inference import Meter, load_model, psnr, synthetic_clip  # noqa: E402
 
+from cvvae import InferencePlan  # noqa: E402
 from cvvae.io import atomic_path  # noqa: E402
 
 
@@ -64,9 +65,9 @@ def sweep(
     ]
     for chunk in chunks:
         if direction == "encode":
-            model.enable_tiling(chunk, 1, tile_size=tile, tile_levels=tile_levels)
+            model.enable_tiling(plan=InferencePlan(chunk, 1, tile, tile, tile_levels))
         else:
-            model.enable_tiling(16, chunk, tile_size=tile, tile_levels=tile_levels)
+            model.enable_tiling(plan=InferencePlan(16, chunk, tile, tile, tile_levels))
         out, seconds, peak = meter(run)
         rows.append(
             dict(

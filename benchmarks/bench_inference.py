@@ -4,10 +4,10 @@ Modes: ``full`` (one pass, exact), ``reference`` (the released code's 576-px til
 windows, see reference_tiling.py), and chunked streaming with 16-frame encoder chunks and
 4-latent decoder chunks (the reference's window sizes; ``--chunks`` changes them): ``ours`` (the
 default plan: running statistics in both directions), ``ours-two_pass-encoder`` (two passes for
-the encoder) and ``ours-two_pass`` (two passes for both; see cvvae.inference.streaming); with
+the encoder) and ``ours-two_pass`` (two passes for both; see cvvae.inference.norms); with
 ``--compile`` also ``full-compiled`` (the full pass under ``torch.compile``, compiled in the warm-up);
 ``--tile`` / ``--tile-levels`` add tiled variants of our modes, ``--budget`` the plans that memory
-budgets pick.
+budgets pick, ``--default`` the plan of ``enable_tiling()`` with no arguments.
 
 With ``--device meta`` nothing is computed: the peak tensor bytes of every mode are counted at any
 size in seconds (no times, no deviations), which is how the 720p peaks of full-size models are
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from reference_tiling import reference_decode, reference_encode  # noqa: E402
 
-from cvvae import CVVAE  # noqa: E402
+from cvvae import CVVAE, InferencePlan  # noqa: E402
 from cvvae.inference.memory import PeakMemory  # noqa: E402
 from cvvae.io import atomic_path  # noqa: E402
 from cvvae.models.checkpoint import config_from_released  # noqa: E402
@@ -160,31 +160,23 @@ def compiled_networks(model: CVVAE):
 
 
 def our_variants(
-    ours: list[str],
-    tiles: list[int],
-    levels: list[int],
-    orders: list[str],
-    samplings: list[str] = ("0,3",),
-) -> dict[str, tuple[str, int | None, int, str, tuple[int, int]]]:
-    """Mode label -> (statistics plan, tile size or None, tiled levels, tile order, tile
-    sampling of the encoder and decoder) for every combination; a tile of 0 means whole frames
-    (labels get ``-tileN``, ``-LN`` for more than one level count, ``-sequential``, and
-    ``-samplingE,D`` for more than one sampling)."""
+    ours: list[str], tiles: list[int], levels: list[int], orders: list[str]
+) -> dict[str, tuple[str, int | None, int, str]]:
+    """Mode label -> (statistics plan, tile size or None, tiled levels, tile order) for every
+    combination; a tile of 0 means whole frames (labels get ``-tileN``, ``-LN`` for more than
+    one level count, and ``-sequential``)."""
     variants = {}
     for name in ours:
         for tile in tiles or [0]:
             for n in levels if tile else levels[:1]:
                 for order in orders if tile else orders[:1]:
-                    for sampling in samplings if tile else samplings[:1]:
-                        label = (
-                            name
-                            + (f"-tile{tile}" if tile else "")
-                            + (f"-L{n}" if tile and len(levels) > 1 else "")
-                            + ("-sequential" if tile and order == "sequential" else "")
-                            + (f"-sampling{sampling}" if tile and len(samplings) > 1 else "")
-                        )
-                        pair = tuple(int(v) for v in sampling.split(","))
-                        variants[label] = (name, tile or None, n, order, pair)
+                    label = (
+                        name
+                        + (f"-tile{tile}" if tile else "")
+                        + (f"-L{n}" if tile and len(levels) > 1 else "")
+                        + ("-sequential" if tile and order == "sequential" else "")
+                    )
+                    variants[label] = (name, tile or None, n, order)
     return variants
 
 
@@ -194,13 +186,14 @@ def run_modes(
     meter: Meter,
     chunks: tuple[int, int],
     with_reference: bool,
-    ours: dict[str, tuple[str, int | None, int, str, tuple[int, int]]],
+    ours: dict[str, tuple[str, int | None, int, str]],
     compile_full: bool = False,
     budgets: list[float] = (),
+    default: bool = False,
 ) -> list[dict]:
     """Rows of time, peak and deviation: the full pass, then ``full-compiled`` and ``reference`` if
     asked, then each of ``ours`` (see :func:`our_variants`), then the plan of each memory budget
-    (GiB; modes ``budgetN``)."""
+    (GiB; modes ``budgetN``), then ``default`` (``enable_tiling()``) if asked."""
     c = model.config.latent_channels
     rows = []
     model.disable_tiling()
@@ -229,22 +222,24 @@ def run_modes(
             lambda: reference_encode(model, x),
             lambda z: reference_decode(model, z),
         )
-    for label, (name, tile, levels, order, sampling) in ours.items():
+    for label, (name, tile, levels, order) in ours.items():
         enc_stats, dec_stats = STATS[name]
-        tiling = dict(
-            tile_size=tile,
+        plan = InferencePlan(
+            *chunks,
+            tile_height=tile,
+            tile_width=tile,
             tile_levels=levels,
             tile_order=order,
-            encode_sampling=sampling[0],
-            decode_sampling=sampling[1],
+            encode_stats=enc_stats,
+            decode_stats=dec_stats,
         )
 
-        def enc(stats=enc_stats, tiling=tiling):
-            model.enable_tiling(*chunks, encode_stats=stats, **tiling)
+        def enc(plan=plan):
+            model.enable_tiling(plan=plan)
             return model.encode(x).latent_dist.parameters
 
-        def dec(z, stats=dec_stats, tiling=tiling):
-            model.enable_tiling(*chunks, decode_stats=stats, **tiling)
+        def dec(z, plan=plan):
+            model.enable_tiling(plan=plan)
             return model.decode(z).sample
 
         modes[label] = (enc, dec)
@@ -259,6 +254,17 @@ def run_modes(
             return model.decode(z).sample
 
         modes[f"budget{gib:g}"] = (enc, dec)
+    if default:
+
+        def enc():
+            model.enable_tiling()
+            return model.encode(x).latent_dist.parameters
+
+        def dec(z):
+            model.enable_tiling()
+            return model.decode(z).sample
+
+        modes["default"] = (enc, dec)
     for name, (enc, dec) in modes.items():
         try:
             with compiled_networks(model) if name == "full-compiled" else contextlib.nullcontext():
@@ -360,22 +366,19 @@ def main() -> None:
         type=int,
         nargs="+",
         default=[2],
-        help="how many full-resolution levels the tiles cut (CVVAE.enable_tiling), one mode each",
+        help="how many full-resolution levels the tiles cut (InferencePlan), one mode each",
     )
     parser.add_argument(
         "--tile-order",
         nargs="+",
         default=["lockstep"],
         choices=["lockstep", "sequential"],
-        help="tiles advancing together or one at a time (CVVAE.enable_tiling), one mode each",
+        help="tiles advancing together or one at a time (InferencePlan), one mode each",
     )
     parser.add_argument(
-        "--tile-sampling",
-        nargs="+",
-        default=["0,3"],
-        metavar="ENC,DEC",
-        help="lockstep tiles: encoder's and decoder's calls sampled on crops of 1/N of a tile's side "
-        "(0: off; CVVAE.enable_tiling), one mode each",
+        "--default",
+        action="store_true",
+        help="also the plan of enable_tiling() with no arguments (mode default)",
     )
     parser.add_argument(
         "--budget",
@@ -408,7 +411,6 @@ def main() -> None:
         "tile": args.tile,
         "tile_levels": args.tile_levels,
         "tile_order": args.tile_order,
-        "tile_sampling": args.tile_sampling,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "dtype": args.dtype,
@@ -436,11 +438,10 @@ def main() -> None:
                     meter,
                     tuple(args.chunks),
                     not args.no_reference,
-                    our_variants(
-                        args.ours, args.tile, args.tile_levels, args.tile_order, args.tile_sampling
-                    ),
+                    our_variants(args.ours, args.tile, args.tile_levels, args.tile_order),
                     args.compile,
                     args.budget,
+                    args.default,
                 )
             except torch.OutOfMemoryError:
                 rows = [dict(mode="full", error="out of memory")]

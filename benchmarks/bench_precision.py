@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_inference import load_model, psnr, synthetic_clip  # noqa: E402
 
+from cvvae import InferencePlan  # noqa: E402
 from cvvae.inference.precision import NonFiniteError  # noqa: E402
 
 DTYPES = ("float16", "bfloat16")
@@ -30,7 +31,7 @@ DTYPES = ("float16", "bfloat16")
 @torch.no_grad()
 def run(model, x, chunked: bool):
     if chunked:
-        model.enable_tiling(8, 2, "two_pass")
+        model.enable_tiling(plan=InferencePlan(8, 2, encode_stats="two_pass"))
     else:
         model.disable_tiling()
     z = model.encode(x).latent_dist.mean

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from cvvae.inference.streaming import StreamState
+from cvvae.inference.state import StreamState
 
 
 def tiny_image_vae(seed: int = 0, latent_channels: int = 4) -> AutoencoderKL:

@@ -19,7 +19,7 @@ def test_any_frame_count_round_trips(model, frames):
     x = torch.rand(1, 3, frames, 12, 20) * 2 - 1
     posterior = model.encode(x).latent_dist
     assert posterior.mean.shape[2:] == model.latent_shape(frames, 12, 20)
-    out = model.decode(posterior.mean, frames, 12, 20).sample
+    out = model.decode(posterior.mean, num_frames=frames, height=12, width=20).sample
     assert out.shape == x.shape
 
 

@@ -22,7 +22,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from cvvae import CVVAE
+from cvvae import CVVAE, InferencePlan
 from cvvae.pipelines import CVVAEVideoPipeline
 
 MODEL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cvvae_sd21_tiny"
@@ -188,6 +188,102 @@ def test_video_pipeline_decodes_k_plus_1_latents_to_1_plus_4k_frames(vae):
     assert seen == [(2, 4, 8, 5, 6)] * 2
     frames = run("pt")
     assert frames.shape == (1, 13, 3, 40, 48)  # 1 + 4k = 13 frames
-    video = vae.decode(vae.unscale_latents(latents), 13, 40, 48).sample
+    video = vae.decode(vae.unscale_latents(latents), num_frames=13, height=40, width=48).sample
     expected = (video / 2 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
     assert torch.allclose(frames, expected, atol=1e-6)
+
+
+def test_img2img_from_pipe_with_cvvae(vae, tmp_path):
+    """``StableDiffusionImg2ImgPipeline.from_pipe(pipe, vae=pipe.vae)`` reuses the CV-VAE
+    (diffusers carries a model over by itself only when its type is the new pipeline's type
+    hint, ``AutoencoderKL``; docs/diffusers.md); img2img encodes the image through it (image
+    mode) and decodes the result."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    text_to_image = _sd_pipeline(vae, tmp_path)
+    pipe = StableDiffusionImg2ImgPipeline.from_pipe(text_to_image, vae=text_to_image.vae)
+    assert pipe.vae is vae and pipe.unet is text_to_image.unet
+    encoded = []
+    original_encode = vae.encode
+
+    def recording_encode(x, *args, **kw):
+        encoded.append(x.shape)
+        return original_encode(x, *args, **kw)
+
+    vae.encode = recording_encode
+    try:
+        out = pipe(
+            "a cat",
+            image=torch.rand(1, 3, 48, 64),
+            strength=0.5,
+            num_inference_steps=2,
+            guidance_scale=2.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+        )
+    finally:
+        del vae.encode
+    assert encoded == [(1, 3, 48, 64)]
+    assert out.images.shape == (1, 3, 48, 64) and torch.isfinite(out.images).all()
+
+
+def test_pipeline_with_cvvae_saves_and_reloads_in_bfloat16(vae, tmp_path):
+    pipe = _sd_pipeline(vae, tmp_path)
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["vae"][1] == "CVVAE"
+    reloaded = StableDiffusionPipeline.from_pretrained(
+        tmp_path / "pipe", torch_dtype=torch.bfloat16
+    )
+    assert isinstance(reloaded.vae, CVVAE) and reloaded.vae.dtype == torch.bfloat16
+    for key, value in vae.state_dict().items():
+        assert torch.equal(reloaded.vae.state_dict()[key], value.to(torch.bfloat16)), key
+    out = reloaded(
+        "a cat",
+        height=48,
+        width=64,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    )
+    assert out.images.shape == (1, 3, 48, 64) and torch.isfinite(out.images).all()
+
+
+def test_video_pipeline_takes_what_svd_users_pass(vae):
+    """A PIL image, ``height``/``width``, ``num_videos_per_prompt``, ``decode_chunk_size`` and
+    ``callback_on_step_end``, as ``StableVideoDiffusionPipeline`` takes them; a chunked decode
+    leaves the VAE's own tiling settings as they were."""
+    from PIL import Image
+
+    pipe = _video_pipeline(vae)
+    image = Image.fromarray((torch.rand(30, 50, 3) * 255).to(torch.uint8).numpy())
+    steps = []
+
+    def callback(p, step, timestep, kwargs):
+        steps.append(step)
+        return {"latents": kwargs["latents"]}
+
+    def run(**kw):
+        return pipe(
+            image,
+            height=40,
+            width=48,
+            num_frames=9,
+            num_inference_steps=1,
+            num_videos_per_prompt=2,
+            generator=torch.Generator().manual_seed(3),
+            callback_on_step_end=callback,
+            **kw,
+        ).frames
+
+    latents = run(output_type="latent")
+    assert latents.shape == (2, 4, 3, 5, 6) and steps == [0]
+    chunked = run(output_type="pt", decode_chunk_size=1)
+    assert chunked.shape == (2, 9, 3, 40, 48) and not vae.use_tiling
+    vae.enable_tiling(plan=InferencePlan(decode_latents=1))
+    try:
+        video = vae.decode(vae.unscale_latents(latents), num_frames=9).sample
+    finally:
+        vae.disable_tiling()
+    expected = (video / 2 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)
+    assert torch.allclose(chunked, expected, atol=1e-6)

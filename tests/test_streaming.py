@@ -5,16 +5,11 @@ import torch
 from builders import clip_statistics, load_benchmark
 from safetensors.torch import load_file
 
-from cvvae import CVVAE
+from cvvae import CVVAE, InferencePlan
+from cvvae.inference.chunks import run_parts, split_encoder_input, split_time
+from cvvae.inference.engine import decoder_parts, encoder_parts
 from cvvae.inference.memory import PeakMemory
-from cvvae.inference.streaming import (
-    STATS_MODES,
-    decoder_parts,
-    encoder_parts,
-    run_parts,
-    split_encoder_input,
-    split_time,
-)
+from cvvae.inference.plan import STATS_MODES
 
 FLAVOURS = ["cvvae_sd21_tiny", "cvvae_sd3_tiny"]
 
@@ -73,7 +68,7 @@ def test_streaming_is_closer_to_full_pass_than_reference_chunking(reference, sta
     model, ref = reference
     x = ref["video33.input"]
     full, official = ref["video33.moments"], ref["video33.moments_official_chunked"]
-    model.enable_tiling(encode_frames=16, decode_latents=4, encode_stats=stats, decode_stats=stats)
+    model.enable_tiling(plan=InferencePlan(16, 4, encode_stats=stats, decode_stats=stats))
     try:
         ours = model.encode(x).latent_dist.parameters
     finally:
@@ -96,7 +91,7 @@ def test_two_pass_latents_agree_across_chunk_sizes(reference):
     full = model.encode(x).latent_dist.mean
     results = {}
     for frames in (4, 12, 32):
-        model.enable_tiling(encode_frames=frames, encode_stats="two_pass")
+        model.enable_tiling(plan=InferencePlan(frames, encode_stats="two_pass"))
         results[frames] = model.encode(x).latent_dist.mean
     model.disable_tiling()
     assert (results[32] - full).abs().max() < 1e-5
@@ -109,7 +104,7 @@ def test_two_pass_latents_agree_across_chunk_sizes(reference):
 def test_group_moments_of_a_tile_region_match_float64():
     """The streaming GroupNorm moments (float32 row sums pooled in float64) of a strided region
     with means far from zero agree with float64 ones."""
-    from cvvae.inference.streaming import _Moments
+    from cvvae.inference.norms import Moments
 
     torch.manual_seed(0)
     x = (
@@ -117,7 +112,7 @@ def test_group_moments_of_a_tile_region_match_float64():
         + torch.randn(1, 16, 1, 1, 1) * 10
     )
     region = x[..., 3:61, 7:83]  # a tile's own region: a view, not a copy
-    moments = _Moments.of_groups(region, groups=4)
+    moments = Moments.of_groups(region, groups=4)
     var, mean = torch.var_mean(region.double().reshape(2, 4, -1), dim=-1, correction=0)
     assert moments.count == 4 * 5 * 58 * 76
     assert torch.allclose(moments.mean, mean, rtol=1e-7, atol=1e-7)
@@ -127,7 +122,7 @@ def test_group_moments_of_a_tile_region_match_float64():
 @torch.no_grad()
 def test_streaming_encoder_memory_does_not_grow_with_length():
     model = CVVAE(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4).eval()
-    model.enable_tiling(encode_frames=8)
+    model.enable_tiling(plan=InferencePlan(encode_frames=8))
     peaks = {}
     for frames in (65, 257):
         x = torch.rand(1, 3, frames, 16, 16) * 2 - 1
@@ -147,7 +142,7 @@ def test_streaming_decoder_memory_grows_with_chunk_not_clip():
     z = torch.randn(1, 4, 33, 4, 4)
     with PeakMemory() as full:
         model.decode(z)
-    model.enable_tiling(decode_latents=1)
+    model.enable_tiling(plan=InferencePlan(decode_latents=1))
     with PeakMemory() as chunked:
         model.decode(z)
     output_bytes = 3 * 129 * 32 * 32 * 4
@@ -162,7 +157,7 @@ def test_memory_budget_picks_chunks_and_logs(caplog):
     with caplog.at_level("INFO", logger="cvvae"):
         z = model.encode(x).latent_dist.mean
     assert "-> encode:" in caplog.text and "frames per chunk" in caplog.text
-    assert model.decode(z, 33).sample.shape == x.shape
+    assert model.decode(z, num_frames=33).sample.shape == x.shape
     with pytest.raises(ValueError):
         model.set_memory_budget(0)
 
@@ -190,7 +185,7 @@ def test_peak_memory_on_meta_equals_the_real_run():
     peaks = []
     for device in ("cpu", "meta"):
         model.to(device)
-        model.enable_tiling(encode_frames=4, decode_latents=1)
+        model.enable_tiling(plan=InferencePlan(4, 1))
         with PeakMemory() as meter:
             z = model.encode(x.to(device)).latent_dist.mean
             model.decode(z)

@@ -6,15 +6,10 @@ import pytest
 import torch
 from builders import clip_statistics, load_benchmark
 
-from cvvae import CVVAE
-from cvvae.inference.streaming import (
-    decoder_parts,
-    encoder_parts,
-    run_parts,
-    split_encoder_input,
-    split_time,
-)
-from cvvae.inference.tiling import Tile, centre_crops, tile_grid
+from cvvae import CVVAE, InferencePlan
+from cvvae.inference.chunks import run_parts, split_encoder_input, split_time
+from cvvae.inference.engine import decoder_parts, encoder_parts
+from cvvae.inference.tiling import Tile, tile_grid
 
 
 def _models(reference_dir):
@@ -63,7 +58,7 @@ def test_tiles_with_halos_equal_the_full_pass_given_clip_statistics(reference_di
     for model in _models(reference_dir):
         x = torch.rand(1, 3, 9, 96, 224) * 2 - 1
         full = model.encoder.trunk(x)
-        parts = encoder_parts(model.encoder, 96, 224, 64, levels)
+        parts = encoder_parts(model.encoder, 96, 224, (64, 64), levels)
         assert len(parts[0][1]) == 8 and len(parts) == (1 if levels == 4 else 2)
         tiled = run_parts(
             parts,
@@ -78,7 +73,7 @@ def test_tiles_with_halos_equal_the_full_pass_given_clip_statistics(reference_di
 
         h = model.decoder.head(torch.randn(1, model.config.latent_channels, 3, 12, 28))
         full = model.decoder.trunk(h)
-        parts = decoder_parts(model.decoder, 96, 224, 64, levels)
+        parts = decoder_parts(model.decoder, 96, 224, (64, 64), levels)
         assert len(parts[-1][1]) == 8
         tiled = run_parts(
             parts,
@@ -97,15 +92,15 @@ def test_tiles_with_halos_equal_the_full_pass_given_clip_statistics(reference_di
 def test_halos_are_as_wide_as_the_tiled_levels_reach(reference_dir, levels, monkeypatch):
     """One alignment step less halo (tiling.encoder_halo / decoder_halo) and the tiles'
     own regions are no longer exact: the halos are not wider than they need to be."""
-    from cvvae.inference import streaming, tiling
+    from cvvae.inference import engine, tiling
 
     model = list(_models(reference_dir))[-1]  # two ResNet blocks per level
-    monkeypatch.setattr(streaming, "encoder_halo", lambda *a: tiling.encoder_halo(*a) - 2**levels)
-    monkeypatch.setattr(streaming, "decoder_halo", lambda *a: tiling.decoder_halo(*a) - 1)
+    monkeypatch.setattr(engine, "encoder_halo", lambda *a: tiling.encoder_halo(*a) - 2**levels)
+    monkeypatch.setattr(engine, "decoder_halo", lambda *a: tiling.decoder_halo(*a) - 1)
     x = torch.rand(1, 3, 9, 96, 224) * 2 - 1
     full = model.encoder.trunk(x)
     tiled = run_parts(
-        encoder_parts(model.encoder, 96, 224, 64, levels),
+        encoder_parts(model.encoder, 96, 224, (64, 64), levels),
         split_encoder_input(x, 4),
         "two_pass",
         full.shape[2],
@@ -116,7 +111,7 @@ def test_halos_are_as_wide_as_the_tiled_levels_reach(reference_dir, levels, monk
     h = model.decoder.head(torch.randn(1, model.config.latent_channels, 3, 12, 28))
     full = model.decoder.trunk(h)
     tiled = run_parts(
-        decoder_parts(model.decoder, 96, 224, 64, levels),
+        decoder_parts(model.decoder, 96, 224, (64, 64), levels),
         split_time(h, 1),
         "two_pass",
         full.shape[2],
@@ -158,13 +153,11 @@ def test_tile_borders_are_no_worse_than_tile_interiors(reference_dir, folder, le
     full_video = model.decode(full).sample
     border_ratio = {}
     for tile in (None, 64):
+        size = dict(tile_height=tile, tile_width=tile) if tile else {}
         model.enable_tiling(
-            encode_frames=8,
-            decode_latents=1,
-            encode_stats=stats,
-            decode_stats=stats,
-            tile_size=tile,
-            tile_levels=levels,
+            plan=InferencePlan(
+                8, 1, **size, tile_levels=levels, encode_stats=stats, decode_stats=stats
+            )
         )
         latent_error = (
             (model.encode(x).latent_dist.mean - full).abs().mean(dim=(0, 1, 2))
@@ -185,21 +178,21 @@ def test_tiles_count_statistics_over_their_own_regions(reference_dir):
     """Each tile counts only its own region, so a tiled pass pools as many values per norm as
     the whole frame; the first norm sees the input conv's output, which no statistics touch,
     so its clip moments are exact."""
-    from cvvae.inference.streaming import _chunked_pass
+    from cvvae.inference.chunks import lockstep_pass
 
     model = CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny")
     x = torch.rand(1, 3, 9, 96, 160) * 2 - 1
     exact = clip_statistics(model.encoder.trunk, x)
     for levels in (1, 2):
-        calls, totals = _chunked_pass(
-            encoder_parts(model.encoder, 96, 160, 48, levels),
+        calls, totals = lockstep_pass(
+            encoder_parts(model.encoder, 96, 160, (48, 48), levels),
             split_encoder_input(x, 4),
             "running",
             2,
         )
         for _ in calls:
             pass
-        untiled_calls, untiled = _chunked_pass(
+        untiled_calls, untiled = lockstep_pass(
             encoder_parts(model.encoder, 96, 160, None, 1), split_encoder_input(x, 4), "running", 2
         )
         for _ in untiled_calls:
@@ -210,58 +203,6 @@ def test_tiles_count_statistics_over_their_own_regions(reference_dir):
         first = model.encoder.down[0].block[0].norm1
         torch.testing.assert_close(totals[first].mean, exact[first][0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(totals[first].var, exact[first][1], rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "height,width,tile,halo,align",
-    [(720, 1280, 360, 12, 4), (180, 320, 90, 4, 1), (90, 160, 45, 4, 1), (200, 500, 180, 8, 4)],
-)
-def test_centre_crops_sample_each_tile_inside_the_frame(height, width, tile, halo, align):
-    """One crop per tile, all of one shape (own region a third of the smallest tile's side, the
-    tiles' halo on every side), aligned, centred on its tile and inside the frame."""
-    tiles = tile_grid(height, width, tile, halo, align)
-    crops = centre_crops(tiles, (height, width), align, 3)
-    assert crops is not None and len(crops) == len(tiles)
-    for axis, size in ((0, height), (1, width)):
-        side = min(t.own[axis].stop - t.own[axis].start for t in tiles) // 3 // align * align
-        for t, c in zip(tiles, crops, strict=True):
-            assert c.own[axis].stop - c.own[axis].start == side and c.own[axis].start % align == 0
-            assert c.padded[axis] == slice(c.own[axis].start - halo, c.own[axis].stop + halo)
-            assert 0 <= c.padded[axis].start and c.padded[axis].stop <= size
-            centre = (c.own[axis].start + c.own[axis].stop) // 2
-            assert t.own[axis].start <= centre < t.own[axis].stop
-
-
-def test_centre_crops_narrower_than_three_halos_are_not_made():
-    tiles = tile_grid(128, 256, 64, 12, 4)  # a third of 64 px is 20 px, under three 12-px halos
-    assert centre_crops(tiles, (128, 256), 4, 3) is None
-    assert centre_crops(tiles, (128, 256), 4, 1) is not None
-
-
-@torch.no_grad()
-def test_sampled_tiles_decode_closer_to_the_full_pass(reference_dir):
-    """Sampling each call's tiles on crops first, so that no tile is normalised with its own
-    region alone, brings the tiled running decoder closer to the full pass (one row of four
-    tiles, crops just over three halos wide); the sampler's peak stays below the untiled
-    chunked pass's."""
-    from cvvae.inference.memory import PeakMemory
-
-    model = CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny")
-    torch.manual_seed(0)
-    z = model.encode(torch.rand(1, 3, 9, 160, 640) * 2 - 1).latent_dist.mean
-    video = model.decode(z).sample
-    error, peak = {}, {}
-    for sampling, tile in ((0, 160), (3, 160), (3, None)):
-        model.enable_tiling(decode_latents=1, tile_size=tile, decode_sampling=sampling)
-        with PeakMemory() as meter:
-            decoded = model.decode(z).sample
-        error[sampling, tile], peak[sampling, tile] = (
-            (decoded - video).square().mean().item(),
-            meter.peak_bytes,
-        )
-    model.disable_tiling()
-    assert error[3, 160] < error[0, 160], error
-    assert peak[0, 160] < peak[3, 160] < peak[3, None], peak
 
 
 def test_own_part_crops_the_own_region_at_any_scale():
@@ -275,19 +216,20 @@ def test_own_part_crops_the_own_region_at_any_scale():
 
 
 def test_tile_levels_are_checked():
-    from cvvae.inference.planner import ChunkPlan
-
     with pytest.raises(ValueError, match="tile_levels"):
-        ChunkPlan(tile_size=128, tile_levels=0)
+        InferencePlan(tile_height=128, tile_width=128, tile_levels=0)
+    with pytest.raises(ValueError, match="together"):
+        InferencePlan(tile_height=128)
 
 
 def test_memory_budget_tiles_the_frame_when_a_chunk_does_not_fit():
-    from cvvae.inference.planner import describe_plan, plan_for_budget
+    from cvvae.inference.plan import describe_plan, plan_for_budget
 
-    plan = plan_for_budget(8 * 2**30, 33, 720, 1280, 128, 512, 4, "decode")
-    assert plan.tile_size is not None and 64 <= plan.tile_size < 720
-    assert f"spatial tiles of {plan.tile_size} px" in describe_plan(plan, "decode")
-    assert plan_for_budget(64 * 2**30, 33, 720, 1280, 128, 512, 4, "decode").tile_size is None
+    plan = plan_for_budget(8 * 2**30, (33, 720, 1280), (128, 512), 4, "decode")
+    assert plan.tile_height is not None and 64 <= plan.tile_height < 720
+    size = f"{plan.tile_height}x{plan.tile_width}"
+    assert f"spatial tiles of {size} px" in describe_plan(plan, "decode")
+    assert plan_for_budget(64 * 2**30, (33, 720, 1280), (128, 512), 4, "decode").tile is None
 
 
 @torch.no_grad()
@@ -363,3 +305,35 @@ def test_memory_budget_is_kept_counted_on_meta(reference_dir, folder, monkeypatc
         model.decode(z)
     assert "memory budget 0.02 GiB is below what 64-px tiles need to decode" in caplog.text
     model.disable_tiling()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("folder", ["cvvae_sd21_tiny", "cvvae_sd3_tiny"])
+def test_enable_tiling_without_arguments_keeps_720p_within_a_quarter(
+    reference_dir, folder, monkeypatch
+):
+    """``enable_tiling()`` as a diffusers user calls it: 17x720p peaks at most a quarter of the
+    full pass's memory in both directions (counted on the meta device, fused attention)."""
+    import torch.nn.functional as F
+
+    from cvvae.inference.memory import PeakMemory
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", F.scaled_dot_product_attention)
+    load_benchmark("bench_inference").count_fused_attention_on_meta()
+    model = torch.nn.Module.to(
+        CVVAE.from_pretrained(reference_dir / folder), "meta", torch.bfloat16
+    ).eval()
+    x = torch.empty(1, 3, 17, 720, 1280, device="meta", dtype=torch.bfloat16)
+    z = torch.empty(
+        1, model.config.latent_channels, 5, 90, 160, device="meta", dtype=torch.bfloat16
+    )
+    peaks = {}
+    for tiled in (False, True):
+        model.enable_tiling() if tiled else model.disable_tiling()
+        for name, run in (("encode", lambda: model.encode(x)), ("decode", lambda: model.decode(z))):
+            with PeakMemory() as meter:
+                run()
+            peaks[name, tiled] = meter.peak_bytes
+    model.disable_tiling()
+    for name in ("encode", "decode"):
+        assert 0 < peaks[name, True] <= 0.25 * peaks[name, False], peaks

@@ -6,7 +6,7 @@ and ``cvvae --help`` do not load torch and diffusers.
 
 from .errors import UserInputError
 
-__all__ = ["CVVAE", "DiagonalGaussian", "UserInputError", "inflate_from_image_vae"]
+__all__ = ["CVVAE", "DiagonalGaussian", "InferencePlan", "UserInputError", "inflate_from_image_vae"]
 __version__ = "0.1.0"
 
 _FROM_MODELS = ("CVVAE", "DiagonalGaussian", "inflate_from_image_vae")
@@ -17,6 +17,10 @@ def __getattr__(name: str):
         from . import models
 
         return getattr(models, name)
+    if name == "InferencePlan":
+        from .inference.plan import InferencePlan
+
+        return InferencePlan
     raise AttributeError(f"module 'cvvae' has no attribute {name!r}")
 
 

@@ -322,8 +322,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"model: {folder}")
     print(f"latent channels: {model.config.latent_channels}")
     print(
-        f"compression: {model.temporal_compression}x time, "
-        f"{model.spatial_compression}x{model.spatial_compression} space"
+        f"compression: {model.temporal_compression_ratio}x time, "
+        f"{model.spatial_compression_ratio}x{model.spatial_compression_ratio} space"
     )
     print(
         f"scaling factor: {model.config.scaling_factor}, shift factor: {model.config.shift_factor}"

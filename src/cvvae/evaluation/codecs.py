@@ -28,7 +28,9 @@ def video_latents(model: CVVAE, x: torch.Tensor) -> torch.Tensor:
 def video_decode(model: CVVAE, z: torch.Tensor, num_frames: int | None, size: tuple[int, int]):
     """CV-VAE decoder: ``(z, t, h, w)`` -> ``(3, num_frames, H, W)``, or image latents
     ``(z, h, w)`` -> ``(3, H, W)`` (``num_frames`` None); cropped to ``size = (H, W)``."""
-    out = model.decode(z[None].to(model.device, model.dtype), num_frames, *size).sample
+    out = model.decode(
+        z[None].to(model.device, model.dtype), num_frames=num_frames, height=size[0], width=size[1]
+    ).sample
     return out[0].float().cpu().clamp(-1, 1)
 
 

@@ -1,1 +1,2 @@
-"""Memory-bounded inference: chunked streaming over time."""
+"""Memory-bounded inference: plans, the chunk loop with exact convolution caches, GroupNorm
+statistics and spatial tiles (see engine.py)."""

@@ -2,11 +2,13 @@
 
 Each tile owns a region of the frame and is computed from that region plus a halo of
 neighbouring pixels, as wide as the tiled levels' spatial reach, so that (with shared GroupNorm
-statistics) its own region comes out as in one pass over the whole frame.
+statistics) its own region comes out as in one pass over the whole frame. :class:`TiledStage`
+runs one part of a trunk tile by tile, each tile with its own state (its caches).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +67,7 @@ class Tile:
 def _spans(size: int, tile: int, halo: int, align: int) -> list[tuple[slice, slice]]:
     """``ceil(size / tile)`` spans of near-equal length (multiples of ``align`` but the last),
     each with its halo clipped to ``[0, size)``."""
+    tile = max(align, tile // align * align)
     n = -(-size // tile)
     bounds = [i * size // n // align * align for i in range(n)] + [size]
     return [
@@ -73,44 +76,65 @@ def _spans(size: int, tile: int, halo: int, align: int) -> list[tuple[slice, sli
     ]
 
 
-def tile_grid(height: int, width: int, tile: int, halo: int, align: int) -> list[Tile]:
-    """The fewest tiles of at most about ``tile`` x ``tile`` pixels covering ``height x width``,
-    of near-equal sizes (the largest tile sets the peak memory); sizes and halos are multiples of
-    ``align`` (the trunk's downsampling factor)."""
-    tile = max(align, tile // align * align)
+def tile_grid(
+    height: int, width: int, tile: int | tuple[int, int], halo: int, align: int
+) -> list[Tile]:
+    """The fewest tiles of at most about ``tile`` pixels (a side, or ``(rows, cols)``) covering
+    ``height x width``, of near-equal sizes (the largest tile sets the peak memory); sizes and
+    halos are multiples of ``align`` (the trunk's downsampling factor)."""
+    rows_max, cols_max = (tile, tile) if isinstance(tile, int) else tile
     halo = -(-halo // align) * align
     return [
         Tile((rows, cols), (rows_p, cols_p))
-        for rows, rows_p in _spans(height, tile, halo, align)
-        for cols, cols_p in _spans(width, tile, halo, align)
+        for rows, rows_p in _spans(height, rows_max, halo, align)
+        for cols, cols_p in _spans(width, cols_max, halo, align)
     ]
 
 
-def centre_crops(
-    tiles: list[Tile], size: tuple[int, int], align: int, fraction: int
-) -> list[Tile] | None:
-    """One crop per tile of a ``size`` frame, at the tile's centre, all of one shape: a side of
-    ``1 / fraction`` of the smallest tile's (a multiple of ``align``) and the tiles' widest halo
-    on every side, which stays inside the tile since the side is at least three halos. ``None``
-    where crops would be narrower than that (measured: such crops sample worse than none)."""
-    halo = max(
-        max(t.own[a].start - t.padded[a].start, t.padded[a].stop - t.own[a].stop)
-        for t in tiles
-        for a in (0, 1)
-    )
-    sides = [
-        min(t.own[a].stop - t.own[a].start for t in tiles) // fraction // align * align
-        for a in (0, 1)
-    ]
-    if min(sides) < max(align, 3 * halo):
-        return None
-    crops = []
-    for t in tiles:
-        spans = []
-        for a in (0, 1):
-            start = ((t.own[a].start + t.own[a].stop) // 2 - sides[a] // 2) // align * align
-            spans.append(
-                (slice(start, start + sides[a]), slice(start - halo, start + sides[a] + halo))
-            )
-        crops.append(Tile((spans[0][0], spans[1][0]), (spans[0][1], spans[1][1])))
-    return crops
+class TiledStage:
+    """One part of a trunk in a chunked pass, run tile by tile.
+
+    ``part(x, state)`` is the part (a trunk restricted to some levels). Each call runs every
+    tile's padded region of the chunk with the tile's own state (its caches; made by
+    ``new_state(tile)``) and writes the tile's own region into the output; ``scale = (num,
+    den)`` maps input to output pixels. GroupNorm statistics count only own regions, so tiles
+    pool exactly the whole frame's; within a call, a tile is normalised with what the earlier
+    calls and the tiles before it pooled.
+    """
+
+    def __init__(
+        self, part: Callable, tiles: list[Tile], scale: tuple[int, int], new_state: Callable
+    ):
+        self.part, self.tiles, self.scale = part, tiles, scale
+        self.states = [new_state(tile) for tile in tiles]
+
+    def __call__(self, x: torch.Tensor, final: bool) -> tuple[torch.Tensor, bool]:
+        """The part's output for chunk ``x`` and whether it is final (everything flushed)."""
+        out, done = None, True
+        for tile, state in zip(self.tiles, self.states, strict=True):
+            state.begin_call(final)
+            y = self.part(x[..., tile.padded[0], tile.padded[1]], state)
+            done = done and state.upstream_done
+            out = place(out, y, tile, x.shape[3:], self.scale)
+        return out, done
+
+
+def place(
+    out: torch.Tensor | None,
+    y: torch.Tensor,
+    tile: Tile,
+    size: tuple[int, int],
+    scale: tuple[int, int],
+) -> torch.Tensor:
+    """Write the own region of ``y`` (a tile's output) into ``out``, the output for a
+    ``size`` input frame (allocated on the first tile), ``scale = (num, den)``."""
+    num, den = scale
+    if out is None:
+        out = y.new_empty(*y.shape[:3], size[0] * num // den, size[1] * num // den)
+    rows, cols = (tile.crop(axis, num, den) for axis in (0, 1))
+    out[
+        ...,
+        tile.own[0].start * num // den : tile.own[0].stop * num // den,
+        tile.own[1].start * num // den : tile.own[1].stop * num // den,
+    ] = y[..., rows, cols]
+    return out

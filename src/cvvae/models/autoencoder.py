@@ -1,65 +1,56 @@
-"""The CV-VAE model: a diffusers model class for both released flavours and our own trained ones.
+"""The CV-VAE model: a diffusers VAE for both released flavours and our own trained ones.
 
 Videos are ``(B, 3, T, H, W)`` in [-1, 1]; images ``(B, 3, H, W)`` (image mode: one latent frame,
 4-D latents, as the image VAE). Any ``T >= 1`` and any size are accepted: inputs are padded to
 ``T = 1 + 4k`` frames (repeating the last frame) and to multiples of 8 (repeating edge pixels),
-and ``decode(..., num_frames, height, width)`` crops back.
+and ``decode(z, num_frames=..., height=..., width=...)`` crops back.
+
+The class follows diffusers' VAE contract (``AutoencoderKL``, ``AutoencoderKLWan``): ``encode`` /
+``decode`` return ``AutoencoderKLOutput`` / ``DecoderOutput``, carry ``apply_forward_hook`` (so
+``enable_model_cpu_offload`` moves the model before they run), and ``enable_tiling`` /
+``enable_slicing`` are runtime settings, never saved. Chunked and tiled execution lives in
+:mod:`cvvae.inference`; this class picks its plan per call.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput
-from safetensors.torch import load_file, save_file
+from diffusers.utils.accelerate_utils import apply_forward_hook
+from safetensors.torch import save_file
 
 from ..errors import UserInputError
-from ..inference.planner import ChunkPlan, describe_plan, plan_for_budget
+from ..inference.engine import decode_latents, encode_moments
 from ..inference.precision import check_finite
-from ..inference.streaming import decode_latents, encode_moments
-from .checkpoint import LAYOUTS, config_from_released, from_layout, to_layout
+from .checkpoint import LAYOUTS, to_layout
+from .convs import PADDING_MODES, Conv3d
 from .distributions import DiagonalGaussian
-from .layers import PADDING_MODES, Conv3d
+from .loading import (
+    CONFIG_NAME,
+    check_save_arguments,
+    load_model,
+    placement,
+    resolve_folder,
+    split_load_arguments,
+    weights_name,
+)
 from .networks import Decoder, Encoder
+from .settings import TilingSettings
+from .validation import check_decode_input, check_encode_input, check_size
 
 logger = logging.getLogger("cvvae")
 
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-CONFIG_NAME = "config.json"
 
-
-@dataclass
-class EncoderOutput(BaseOutput):
-    """``latent_dist``: the posterior over latents."""
-
-    latent_dist: DiagonalGaussian
-
-
-@dataclass
-class DecoderOutput(BaseOutput):
-    """``sample``: decoded video ``(B, 3, T, H, W)`` or image ``(B, 3, H, W)``."""
-
-    sample: torch.Tensor
-
-
-@dataclass
-class AutoencoderOutput(BaseOutput):
-    """``sample``: the reconstruction; ``latent_dist``: the posterior it was decoded from."""
-
-    sample: torch.Tensor
-    latent_dist: DiagonalGaussian
-
-
-class CVVAE(ModelMixin, ConfigMixin):
+class CVVAE(TilingSettings, ModelMixin, AutoencoderMixin, ConfigMixin):
     """Compatible video VAE: causal 3D encoder, non-causal 3D decoder, 4x time and 8x space.
 
     Config (saved by ``save_pretrained``): channels, depth, normalisation, ``padding_mode``
@@ -71,6 +62,8 @@ class CVVAE(ModelMixin, ConfigMixin):
 
     config_name = CONFIG_NAME
     _supports_gradient_checkpointing = True
+    spatial_compression_ratio = 8
+    temporal_compression_ratio = 4
 
     @register_to_config
     def __init__(
@@ -119,19 +112,15 @@ class CVVAE(ModelMixin, ConfigMixin):
         self.post_quant_conv = (
             Conv3d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
         )
-        self._chunk_plan: ChunkPlan | None = None
-        self._memory_budget: float | None = None
-
-    temporal_compression = 4
-    spatial_compression = 8
+        self.use_slicing = False  # runtime settings, never saved (tiling: TilingSettings)
 
     # ----------------------------------------------------------------- shapes and scaling
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Latent ``(t, h, w)`` for a clip of ``num_frames x height x width``."""
         return (
-            1 + math.ceil((num_frames - 1) / self.temporal_compression),
-            math.ceil(height / self.spatial_compression),
-            math.ceil(width / self.spatial_compression),
+            1 + math.ceil((num_frames - 1) / self.temporal_compression_ratio),
+            math.ceil(height / self.spatial_compression_ratio),
+            math.ceil(width / self.spatial_compression_ratio),
         )
 
     def scale_latents(self, z: torch.Tensor) -> torch.Tensor:
@@ -152,172 +141,95 @@ class CVVAE(ModelMixin, ConfigMixin):
         """Pad ``(B, C, T, H, W)`` to ``T = 1 + 4k`` (repeat last frame) and H, W to multiples of 8."""
         t, h, w = x.shape[2:]
         lt, lh, lw = self.latent_shape(t, h, w)
-        pad_t = 1 + (lt - 1) * self.temporal_compression - t
-        pad_h = lh * self.spatial_compression - h
-        pad_w = lw * self.spatial_compression - w
+        pad_t = 1 + (lt - 1) * self.temporal_compression_ratio - t
+        pad_h = lh * self.spatial_compression_ratio - h
+        pad_w = lw * self.spatial_compression_ratio - w
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h, 0, 0), mode="replicate")
         if pad_t:
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, pad_t, -1, -1)], dim=2)
         return x
 
-    # ----------------------------------------------------------------- runtime settings
-    def enable_tiling(
-        self,
-        encode_frames: int = 16,
-        decode_latents: int = 4,
-        encode_stats: str = "running",
-        decode_stats: str = "running",
-        tile_size: int | None = None,
-        tile_levels: int = 2,
-        tile_order: str = "lockstep",
-        encode_sampling: int = 0,
-        decode_sampling: int = 3,
-    ) -> None:
-        """Run the full-resolution parts in time chunks (expert settings; never saved).
-
-        ``encode_frames`` video frames (a multiple of 4) per encoder chunk, ``decode_latents``
-        latent frames per decoder chunk; ``*_stats`` is how clip-wide GroupNorm statistics are
-        obtained (``"two_pass"``, ``"running"`` or ``"chunk"``, see
-        :mod:`cvvae.inference.streaming`). Memory then grows with the chunk, not the clip.
-        ``tile_size`` (video pixels) also splits the frames of the ``tile_levels`` finest levels
-        (of 4) into tiles with halos; the coarser levels run on whole frames. Tiles advance
-        together chunk by chunk (``tile_order="lockstep"``: one pass, all tiles' caches held) or
-        one after the other over the whole clip (``"sequential"``: the least memory, two passes).
-        With lockstep tiles and running statistics, ``*_sampling = N`` makes each call first run
-        a crop of ``1 / N`` of each tile's side at its centre to sample the whole frame's
-        GroupNorm moments, so no tile is normalised with its own region alone (0: off; on by
-        default for the decoder, whose small calls it brings much closer to the full pass);
-        docs/performance.md.
-        """
-        self._chunk_plan = ChunkPlan(
-            encode_frames,
-            decode_latents,
-            encode_stats,
-            decode_stats,
-            tile_size,
-            tile_levels,
-            tile_order,
-            encode_sampling,
-            decode_sampling,
-        )
-        self._memory_budget = None
-
-    def set_memory_budget(self, gib: float) -> None:
-        """Pick chunk sizes per call so the estimated peak stays under ``gib`` GiB (logged)."""
-        if gib <= 0:
-            raise ValueError(f"memory budget must be positive, got {gib}")
-        self._memory_budget = gib
-        self._chunk_plan = None
-
-    def disable_tiling(self) -> None:
-        """Back to one full pass over the clip (exact, memory grows with the clip)."""
-        self._chunk_plan = None
-        self._memory_budget = None
-
-    def _plan(self, direction: str, frames: int, height: int, width: int) -> ChunkPlan | None:
-        """The chunk plan for one call (``direction``: ``"encode"``/``"decode"``), logged when a
-        memory budget picked it."""
-        if self._memory_budget is None:
-            return self._chunk_plan
-        channels = self.config.block_out_channels
-        plan = plan_for_budget(
-            self._memory_budget * 2**30,
-            frames,
-            height,
-            width,
-            channels[0],
-            channels[-1],
-            self.dtype.itemsize,
-            direction,
-        )
-        logger.info(
-            "memory budget %.2f GiB, %d frames %dx%d -> %s",
-            self._memory_budget,
-            frames,
-            width,
-            height,
-            describe_plan(plan, direction),
-        )
-        return plan
-
     # ----------------------------------------------------------------- encode / decode
-    def encode(self, x: torch.Tensor, return_dict: bool = True):
-        """Encode ``(B, 3, T, H, W)`` (or an image ``(B, 3, H, W)``) to a posterior over latents
-        ``(B, C, t, h, w)`` (``(B, C, h, w)`` for images), see :meth:`latent_shape`."""
-        if x.dim() not in (4, 5):
-            raise ValueError(
-                f"expected (B, 3, T, H, W) or (B, 3, H, W), got shape {tuple(x.shape)}"
-            )
-        image = x.dim() == 4
-        video = self._pad_input(x.unsqueeze(2) if image else x)
-        plan = None if image else self._plan("encode", *video.shape[2:])
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder moments ``(B, 2C, t, h, w)`` of a padded video ``(B, 3, 1 + 4k, 8h, 8w)``."""
+        plan = self._plan("encode", *x.shape[2:])
         if plan is None:
-            moments = self.encoder(video)
+            moments = self.encoder(x)
         else:
-            moments = encode_moments(
-                self.encoder,
-                video,
-                plan.encode_frames,
-                plan.encode_stats,
-                plan.tile_size,
-                plan.tile_levels,
-                plan.tile_order,
-                plan.encode_sampling,
-            )
+            moments = encode_moments(self.encoder, x, plan)
         if not torch.is_grad_enabled():
-            check_finite(moments, self.encoder, lambda: self.encoder(video), "encoder")
-        posterior = DiagonalGaussian(moments.squeeze(2) if image else moments)
-        return EncoderOutput(latent_dist=posterior) if return_dict else (posterior,)
+            check_finite(moments, self.encoder, lambda: self.encoder(x), "encoder")
+        return moments
 
-    def decode(
-        self,
-        z: torch.Tensor,
-        num_frames: int | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        return_dict: bool = True,
-        generator: torch.Generator | None = None,
-    ):
-        """Decode latents ``(B, C, t, h, w)`` to ``(B, 3, 1 + 4(t-1), 8h, 8w)``, cropped to
-        ``num_frames``/``height``/``width`` when given. Image latents ``(B, C, h, w)`` decode to
-        images. ``generator`` is accepted for diffusers pipelines and unused (decoding is
-        deterministic)."""
-        if z.dim() not in (4, 5):
-            raise ValueError(
-                f"expected (B, C, t, h, w) or (B, C, h, w), got shape {tuple(z.shape)}"
-            )
-        image = z.dim() == 4
-        z = z.unsqueeze(2) if image else z
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Video ``(B, 3, 1 + 4(t - 1), 8h, 8w)`` of latents ``(B, C, t, h, w)``."""
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         t, h, w = z.shape[2:]
-        plan = (
-            None
-            if image
-            else self._plan(
-                "decode",
-                1 + (t - 1) * self.temporal_compression,
-                h * self.spatial_compression,
-                w * self.spatial_compression,
-            )
+        plan = self._plan(
+            "decode",
+            1 + (t - 1) * self.temporal_compression_ratio,
+            h * self.spatial_compression_ratio,
+            w * self.spatial_compression_ratio,
         )
-        if plan is None:
-            x = self.decoder(z)
-        else:
-            x = decode_latents(
-                self.decoder,
-                z,
-                plan.decode_latents,
-                plan.decode_stats,
-                plan.tile_size,
-                plan.tile_levels,
-                plan.tile_order,
-                plan.decode_sampling,
-            )
+        x = self.decoder(z) if plan is None else decode_latents(self.decoder, z, plan)
         if not torch.is_grad_enabled():
             check_finite(x, self.decoder, lambda: self.decoder(z), "decoder")
-        x = x[:, :, :num_frames, :height, :width]
+        return x
+
+    @apply_forward_hook
+    def encode(
+        self, x: torch.Tensor, return_dict: bool = True
+    ) -> AutoencoderKLOutput | tuple[DiagonalGaussian]:
+        """Encode ``(B, 3, T, H, W)`` (or an image ``(B, 3, H, W)``) to a posterior over latents
+        ``(B, C, t, h, w)`` (``(B, C, h, w)`` for images), see :meth:`latent_shape`; with
+        slicing, one sample at a time."""
+        check_encode_input(x, self.config.in_channels, self.dtype)
+        image = x.dim() == 4
+        video = self._pad_input(x.unsqueeze(2) if image else x)
+        if self.use_slicing and video.shape[0] > 1:
+            moments = torch.cat([self._encode(part) for part in video.split(1)])
+        else:
+            moments = self._encode(video)
+        posterior = DiagonalGaussian(moments.squeeze(2) if image else moments)
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    @apply_forward_hook
+    def decode(
+        self,
+        z: torch.Tensor,
+        return_dict: bool = True,
+        *,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        """Decode latents ``(B, C, t, h, w)`` to ``(B, 3, 1 + 4(t-1), 8h, 8w)``, cropped to
+        ``num_frames``/``height``/``width`` when given (at least 1, at most the decoded size).
+        Image latents ``(B, C, h, w)`` decode to images. ``generator`` is accepted as diffusers
+        pipelines pass it, and unused: decoding is deterministic. With slicing, one sample at a
+        time."""
+        check_decode_input(z, self.config.latent_channels, self.dtype)
+        image = z.dim() == 4
+        z = z.unsqueeze(2) if image else z
+        full = (
+            1 + (z.shape[2] - 1) * self.temporal_compression_ratio,
+            z.shape[3] * self.spatial_compression_ratio,
+            z.shape[4] * self.spatial_compression_ratio,
+        )
+        crop = [
+            check_size(name, value, limit)
+            for name, value, limit in zip(
+                ("num_frames", "height", "width"), (num_frames, height, width), full, strict=True
+            )
+        ]
+        if self.use_slicing and z.shape[0] > 1:
+            x = torch.cat([self._decode(part) for part in z.split(1)])
+        else:
+            x = self._decode(z)
+        x = x[:, :, : crop[0], : crop[1], : crop[2]]
         if image:
             x = x[:, :, 0]
         return DecoderOutput(sample=x) if return_dict else (x,)
@@ -326,15 +238,17 @@ class CVVAE(ModelMixin, ConfigMixin):
         self,
         sample: torch.Tensor,
         sample_posterior: bool = False,
-        generator: torch.Generator | None = None,
         return_dict: bool = True,
-    ):
-        """Encode then decode ``sample``; returns the reconstruction (same shape) and posterior."""
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        """Encode then decode ``sample`` (posterior mode, or a sample with ``generator``); the
+        reconstruction has the shape of ``sample``."""
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         frames = None if sample.dim() == 4 else sample.shape[2]
-        x = self.decode(z, frames, sample.shape[-2], sample.shape[-1]).sample
-        return AutoencoderOutput(sample=x, latent_dist=posterior) if return_dict else (x, posterior)
+        size = dict(height=sample.shape[-2], width=sample.shape[-1])
+        x = self.decode(z, num_frames=frames, **size).sample
+        return DecoderOutput(sample=x) if return_dict else (x,)
 
     # ----------------------------------------------------------------- checkpoints
     def layout_state_dict(self) -> dict[str, torch.Tensor]:
@@ -343,85 +257,60 @@ class CVVAE(ModelMixin, ConfigMixin):
             self.state_dict(), self.config.state_dict_layout, len(self.config.block_out_channels)
         )
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **_ignored) -> None:
-        """Write ``config.json`` and ``diffusion_pytorch_model.safetensors`` (in the config's layout)."""
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        save_function=None,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ) -> None:
+        """Write ``config.json`` and ``diffusion_pytorch_model[.variant].safetensors`` (in the
+        config's layout; written atomically). Nothing is written when not ``is_main_process``.
+        Arguments of diffusers' ``save_pretrained`` this model cannot honour (pickle weights, a
+        ``save_function``, ``push_to_hub``) raise ``ValueError``."""
+        check_save_arguments(safe_serialization, save_function, push_to_hub, kwargs)
+        if not is_main_process:
+            return
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.save_config(directory)
-        tensors = self.layout_state_dict()
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, directory / WEIGHTS_NAME)
+        name = weights_name(variant)
+        tmp = directory / (name + ".tmp")
+        save_file(self.layout_state_dict(), tmp, metadata={"format": "pt"})
+        os.replace(tmp, directory / name)
 
     @classmethod
     def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | os.PathLike,
         subfolder: str | None = None,
-        torch_dtype: torch.dtype | None = None,
-        **_ignored,
+        **kwargs,
     ) -> CVVAE:
         """Load a local folder or a Hub repo (``subfolder`` e.g. ``"vae3d"``): a released CV-VAE
         folder (``CVVAEModel`` / ``CVVAESD3Model``) or one saved by :meth:`save_pretrained`.
+
+        Takes diffusers' arguments: ``torch_dtype``, ``variant``, ``device_map`` (one device),
+        ``output_loading_info`` and the Hub ones (``revision``, ``cache_dir``, ``token``, ...);
+        others raise ``ValueError`` when set (see :mod:`cvvae.models.loading`). A name that is
+        not a local folder goes to the Hub only if it can be a repo id, and a failure says so.
         Loading is strict; problems raise :class:`UserInputError` naming the key and folder."""
-        folder = _resolve_folder(str(pretrained_model_name_or_path), subfolder)
-        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        hub, local = split_load_arguments(kwargs)
+        device = placement(local.get("device_map"))
+        folder = resolve_folder(str(pretrained_model_name_or_path), subfolder, hub)
+        config_path = folder / CONFIG_NAME
+        weights_path = folder / weights_name(local.get("variant"))
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise UserInputError(f"model folder has no {path.name}: {folder}")
-        try:
-            raw = json.loads(config_path.read_text())
-        except (OSError, ValueError) as error:
-            raise UserInputError(f"unreadable model config ({error}): {config_path}") from None
-        config = _our_config(raw, str(config_path))
-        with torch.device("meta"):
-            model = cls(**config)
-        try:
-            checkpoint = load_file(weights_path)
-        except Exception as error:  # safetensors raises several types for corrupt files
-            raise UserInputError(f"unreadable model weights ({error}): {weights_path}") from None
-        tensors = from_layout(
-            checkpoint,
-            model.state_dict(),
-            model.config.state_dict_layout,
-            len(model.config.block_out_channels),
-            str(weights_path),
-        )
-        model.load_state_dict(tensors, strict=True, assign=True)
-        if torch_dtype is not None:
-            model = torch.nn.Module.to(model, torch_dtype)  # ModelMixin.to warns on every cast
-        return model.eval()
-
-
-def _our_config(raw: dict, source: str) -> dict:
-    if raw.get("_class_name") in ("CVVAEModel", "CVVAESD3Model"):
-        return config_from_released(raw, source)
-    if raw.get("_class_name") != CVVAE.__name__:
-        raise UserInputError(f"unknown model class {raw.get('_class_name')!r} in {source}")
-    config = {k: v for k, v in raw.items() if not k.startswith("_")}
-    unknown = set(config) - (set(CVVAE._get_init_keys(CVVAE)) - {"self"})
-    if unknown:
-        raise UserInputError(f"unknown config keys {sorted(unknown)} in {source}")
-    return config
-
-
-def _resolve_folder(name: str, subfolder: str | None) -> Path:
-    local = Path(name)
-    if local.exists():
-        folder = local / subfolder if subfolder else local
-        if not folder.is_dir():
-            raise UserInputError(f"not a model folder: {folder}")
-        return folder
-    if local.is_absolute() or name.startswith(".") or name.count("/") != 1:
-        raise UserInputError(f"no such model folder: {name}")
-    try:
-        from huggingface_hub import snapshot_download
-
-        pattern = f"{subfolder}/*" if subfolder else "*"
-        root = Path(snapshot_download(name, allow_patterns=[pattern]))
-    except Exception as error:
-        raise UserInputError(
-            f"cannot fetch model {name!r} from the Hub ({type(error).__name__}); "
-            f"pass a local folder instead: {name}"
-        ) from None
-    return root / subfolder if subfolder else root
+        model = load_model(cls, config_path, weights_path)
+        dtype = local.get("torch_dtype")
+        if dtype is not None or device is not None:
+            model = torch.nn.Module.to(model, device, dtype)  # ModelMixin.to warns on every cast
+        model = model.eval()
+        if local.get("output_loading_info"):
+            empty: list[str] = []
+            return model, dict(missing_keys=empty, unexpected_keys=[], mismatched_keys=[])
+        return model

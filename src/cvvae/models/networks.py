@@ -7,26 +7,13 @@ the decoder mirrors it, doubling time at levels 1 and 3. With four levels a clip
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-if TYPE_CHECKING:
-    from ..inference.streaming import StreamState
-
-from .layers import (
-    Downsample,
-    MidAttention,
-    PaddedConv3d,
-    ResnetBlock,
-    Upsample,
-    VideoGroupNorm,
-    causal_padding,
-    centered_padding,
-)
+from .convs import PaddedConv3d, causal_padding, centered_padding
+from .layers import ChunkRunner, Downsample, MidAttention, ResnetBlock, Upsample, VideoGroupNorm
 
 
 def encoder_level_halves_time(level: int, num_levels: int) -> bool:
@@ -119,7 +106,7 @@ class Encoder(nn.Module):
                 stage.downsample.conv.frames_per_latent = rate
 
     def trunk(
-        self, x: torch.Tensor, stream: StreamState | None = None, levels: range | None = None
+        self, x: torch.Tensor, stream: ChunkRunner | None = None, levels: range | None = None
     ) -> torch.Tensor:
         """Full-resolution part: ``(B, 3, T, H, W) -> (B, C_top, t, H/8, W/8)``; local in time
         and space (all but its GroupNorm statistics), so it can run in chunks and tiles.
@@ -209,7 +196,7 @@ class Decoder(nn.Module):
         return _run(self.mid, self.conv_in(z), use_ckpt)
 
     def trunk(
-        self, x: torch.Tensor, stream: StreamState | None = None, levels: range | None = None
+        self, x: torch.Tensor, stream: ChunkRunner | None = None, levels: range | None = None
     ) -> torch.Tensor:
         """Upsampling part to pixels, local in time and space, so it can run in chunks and tiles.
 

@@ -106,7 +106,9 @@ class AutoencoderStep(nn.Module):
         posterior = self.vae.encode(x).latent_dist
         z = posterior.sample(generator)
         latents = z if extra_latents is None else torch.cat([z, extra_latents.to(z.dtype)])
-        decoded = self.vae.decode(latents, x.shape[2], x.shape[3], x.shape[4]).sample
+        decoded = self.vae.decode(
+            latents, num_frames=x.shape[2], height=x.shape[3], width=x.shape[4]
+        ).sample
         x_hat, extra = decoded[: x.shape[0]], decoded[x.shape[0] :]
         return x_hat, posterior, z, (extra if extra_latents is not None else None)
 
