@@ -11,7 +11,7 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from cvvae import CVVAE
+from cvvae import CVVAE, InferencePlan
 from cvvae.cli import build_parser, main, progress
 from cvvae.cli.codec import Clip, decode_clip, encode_clip
 
@@ -80,14 +80,14 @@ def tiny_model() -> CVVAE:
     "tiling",
     [
         None,  # one full pass: the bar fills once
-        dict(encode_frames=4, decode_latents=1),  # time chunks
-        dict(encode_frames=4, decode_latents=1, tile_size=64),  # chunks of 4 tiles
+        InferencePlan(encode_frames=4, decode_latents=1),  # time chunks
+        InferencePlan(encode_frames=4, decode_latents=1, tile_height=64, tile_width=64),  # 4 tiles
     ],
 )
 def test_frame_bars_reach_the_clip_length_in_steps(bars, tiling):
     model = tiny_model()
     if tiling is not None:
-        model.enable_tiling(**tiling)
+        model.enable_tiling(plan=tiling)
     clip = Clip(torch.rand(3, 9, 128, 128) * 2 - 1, rate=24)
     positions = []
 
@@ -117,8 +117,8 @@ def test_frame_bars_reach_the_clip_length_in_steps(bars, tiling):
     else:
         assert encoded == [5, 9]  # chunks of 1 + 4 and 4 frames: latent frames 2, then 1
         assert len(set(positions)) >= 3
-    if tiling and tiling.get("tile_size"):
-        # 3 decoder chunks of 4 tiles (and the sampling crops): the bar moves within each chunk
+    if tiling is not None and tiling.tile_height:
+        # 3 decoder chunks of 4 tiles: the bar moves within each chunk
         assert len(set(positions) - {0.0}) > 6
     assert not model.decoder.conv_out._forward_hooks  # hooks are removed afterwards
 

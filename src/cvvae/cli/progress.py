@@ -87,7 +87,7 @@ def frame_counter(model: CVVAE, direction: str, frames: int) -> Callable:
     latent 0 being clip frame 0 and each further one 4 frames), divided by the number of its
     calls per call of the trunk (its tiles), learnt from the first call."""
     layers = _trunk_layers(model, direction)
-    per_latent = model.temporal_compression if direction == "encode" else 1
+    per_latent = model.temporal_compression_ratio if direction == "encode" else 1
 
     @contextmanager
     def counter(label: str) -> Iterator[None]:
