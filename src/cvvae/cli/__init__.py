@@ -1,8 +1,9 @@
 """The ``cvvae`` command line: the only package that prints and touches user files.
 
 Every problem the user can fix ends as one stderr line ``cvvae: error: <problem>: <file>`` and
-exit code 2, with no traceback and no partial output file. Each module adds its subcommands
-through ``register(sub)``.
+exit code 2, with no traceback and no partial output file (see ``failures`` for the other codes
+and ``docs/errors.md`` for what each bad input gets). Each module adds its subcommands through
+``register(sub)``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from diffusers.utils import logging as diffusers_logging
 
 from cvvae.cli import codec, dataset, evaluate, train
 from cvvae.cli.common import Formatter, Parser
+from cvvae.cli.failures import INTERRUPTED, TERMINATED, Terminated, describe, sigterm_raises
 from cvvae.errors import UserInputError
 
 COMMAND_MODULES = (codec, train, dataset, evaluate)
@@ -58,19 +60,33 @@ def _show_cvvae_log() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
+    """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted,
+    143 terminated; a bug raises with its traceback)."""
     diffusers_logging.set_verbosity_error()  # its warnings are not for CLI users
     _show_cvvae_log()
     try:
-        args = build_parser().parse_args(argv)
-        args.run(args)
+        with sigterm_raises():
+            args = build_parser().parse_args(argv)
+            args.run(args)
     except UserInputError as error:
-        print(f"cvvae: error: {str(error).replace(chr(10), ' ')}", file=sys.stderr)
-        return 2
+        return _error(str(error), 2)
     except KeyboardInterrupt:
         print("cvvae: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    except Terminated:
+        print("cvvae: terminated", file=sys.stderr)
+        return TERMINATED
+    except Exception as error:
+        known = describe(error)
+        if known is None:
+            raise
+        return _error(known[1], known[0])
     return 0
+
+
+def _error(message: str, code: int) -> int:
+    print(f"cvvae: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,9 +47,16 @@ def load_model(
     memory_budget: float | None = None,
 ) -> CVVAE:
     """Load a model folder onto ``device``; with ``memory_budget`` (GiB) it runs in chunks."""
+    from cvvae.models.checkpoint import check_model_folder
+
     if not folder.is_dir():
         raise UserInputError(f"model folder not found: {folder}")
-    model = torch.nn.Module.to(CVVAE.from_pretrained(folder), device, dtype)
+    check_model_folder(folder)
+    try:
+        model = CVVAE.from_pretrained(folder)
+    except (ValueError, TypeError) as error:  # a config the checks above did not foresee
+        raise UserInputError(f"cannot build the model ({error}): {folder}") from None
+    model = torch.nn.Module.to(model, device, dtype)
     if memory_budget is not None:
         model.set_memory_budget(memory_budget)
     return model
@@ -101,8 +109,8 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
