@@ -15,6 +15,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -298,10 +299,17 @@ class Trainer:
             ckpt.begin_checkpoint(root, self.step)
         acc.wait_for_everyone()
         tmp = root / f"{ckpt.checkpoint_name(self.step)}.tmp"
-        ckpt.write_rank_state(tmp, acc.process_index, ckpt.capture_rng())
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            ckpt.finish_checkpoint(tmp, self._state(), self.config, self.config.keep_checkpoints)
+        try:
+            ckpt.write_rank_state(tmp, acc.process_index, ckpt.capture_rng())
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                ckpt.finish_checkpoint(
+                    tmp, self._state(), self.config, self.config.keep_checkpoints
+                )
+        except BaseException:  # a full disk, Ctrl-C, SIGTERM: leave no half checkpoint
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ one step
