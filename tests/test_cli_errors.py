@@ -484,3 +484,40 @@ def test_encode_dataset_output_that_is_a_file_or_a_bad_model_creates_nothing(
     assert code == 2
     one_line(err, "config.json")
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- inflate
+def test_inflate_of_a_broken_image_vae_is_one_line_without_the_hub(tmp_path, capsys):
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    code, err = run(capsys, "inflate", "--image-vae", folder, tmp_path / "out")
+    assert code == 2
+    one_line(err, "cannot load the image VAE", str(folder))
+    assert "Hub" not in err and "connect" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]
+
+
+def test_inflate_disk_full_leaves_no_temporary_folder(tmp_path, capsys, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(
+        block_out_channels=[4, 4, 4, 4],
+        layers_per_block=1,
+        norm_num_groups=2,
+        latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+    )
+    vae.save_pretrained(tmp_path / "vae")
+
+    def full(self, folder, *args, **kwargs):
+        Path(folder).mkdir()
+        (Path(folder) / "half").write_bytes(b"x")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+
+    monkeypatch.setattr(CVVAE, "save_pretrained", full)
+    code, err = run(capsys, "inflate", "--image-vae", tmp_path / "vae", tmp_path / "out")
+    assert code == 2
+    one_line(err, "the disk is full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]
