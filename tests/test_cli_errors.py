@@ -521,3 +521,21 @@ def test_inflate_disk_full_leaves_no_temporary_folder(tmp_path, capsys, monkeypa
     assert code == 2
     one_line(err, "the disk is full")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]
+
+
+# ---------------------------------------------------------------------------- classification
+def test_failures_are_classified_as_user_problems_or_bugs():
+    from cvvae.cli.failures import describe
+    from cvvae.inference.precision import NonFiniteError
+
+    assert describe(NonFiniteError("decoder produced non-finite values"))[0] == 2
+    assert "out of memory" in describe(MemoryError())[1]
+    assert "out of memory" in describe(torch.OutOfMemoryError("CUDA out of memory"))[1]
+    assert describe(OSError(errno.ENOSPC, "No space left", "/x/out.mp4")) == (
+        2,
+        "the disk is full: /x/out.mp4",
+    )
+    import av
+
+    assert describe(av.error.InvalidDataError(1094995529, "Invalid data", "c.mp4"))[0] == 2
+    assert describe(KeyError("x")) is None and describe(RuntimeError("shape mismatch")) is None
