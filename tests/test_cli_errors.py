@@ -105,8 +105,8 @@ def test_decode_output_that_is_its_input_is_refused(tmp_path, capsys):
     ("argv", "message"),
     [
         (["reconstruct", "a.mp4", "b.mp4", "--height", "100000", "--width", "8"], "<= 16384"),
-        (["reconstruct", "a.mp4", "b.mp4", "--memory-budget", "inf"], "finite number > 0"),
-        (["reconstruct", "a.mp4", "b.mp4", "--memory-budget", "nan"], "finite number > 0"),
+        (["reconstruct", "a.mp4", "b.mp4", "--memory-budget", "inf"], "must be > 0 and finite"),
+        (["reconstruct", "a.mp4", "b.mp4", "--memory-budget", "nan"], "must be > 0 and finite"),
         (["encode", "a.mp4", "b.safetensors", "--sample", "--seed", str(2**70)], "2**63 - 1"),
         (["encode", "a.mp4", "b.safetensors", "--seed", "-1"], "must be >= 0"),
         (["encode-dataset", "a", "b", "--seed", str(2**64)], "2**63 - 1"),

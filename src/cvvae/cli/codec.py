@@ -51,7 +51,7 @@ def frame_size(text: str) -> int:
     return value
 
 
-def seed(text: str) -> int:
+def seed_type(text: str) -> int:
     """An argparse type: a random seed in [0, 2**63 - 1]."""
     value = non_negative(text)
     if value > MAX_SEED:
@@ -406,7 +406,7 @@ def register(sub) -> None:
     p.add_argument(
         "--sample", action="store_true", help="sample the posterior instead of taking its mean"
     )
-    p.add_argument("--seed", type=seed, default=0, help="random seed for --sample")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed for --sample")
     add_clip_options(p)
     p.set_defaults(run=cmd_encode)
 

@@ -13,7 +13,7 @@ import av
 import torch
 from tqdm import tqdm
 
-from cvvae.cli.codec import add_clip_options, clip_size, encode_clip, read_clip, seed
+from cvvae.cli.codec import add_clip_options, clip_size, encode_clip, read_clip, seed_type
 from cvvae.cli.common import (
     DTYPES,
     Formatter,
@@ -102,7 +102,7 @@ def _encode_source(
     cannot be read, however its decoder fails, or encodes to non-finite values)."""
     try:
         clip = read_clip(source.path, args)
-    except Exception as error:  # noqa: BLE001 - any decoder failure is this clip's, not the run's
+    except Exception as error:  # any decoder failure is this clip's, not the run's
         return failed_row(source, rank, _reason(error))
     reason = None if clip.is_image else short_clip_reason(clip.pixels.shape[1], args.frames)
     if reason:
@@ -222,7 +222,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--seed",
-        type=seed,
+        type=seed_type,
         default=0,
         help="with --sample, clip i of LIST uses seed SEED + i (its manifest row records it)",
     )

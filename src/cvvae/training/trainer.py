@@ -281,10 +281,13 @@ class Trainer:
         self.opt_disc.load_state_dict(state["opt_disc"])
         self.sched_ae.load_state_dict(state["sched_ae"])
         self.sched_disc.load_state_dict(state["sched_disc"])
-        scaler, saved = self.accelerator.scaler, state.get("scaler") or {}
-        if (scaler is not None and scaler.is_enabled()) != bool(saved):
+        scaler, saved = self.accelerator.scaler, state.get("scaler")
+        if saved is None:  # a checkpoint of a version that did not save the loss scaler
+            if scaler is not None and scaler.is_enabled():
+                logger.warning("the checkpoint has no fp16 loss scale; it starts afresh")
+        elif (scaler is not None and scaler.is_enabled()) != bool(saved):
             raise ValueError("mixed_precision differs (fp16 loss scaler state)")
-        if saved:
+        elif saved:
             scaler.load_state_dict(saved)
         self.step, self.nonfinite, self.skipped = (
             int(state["step"]),
