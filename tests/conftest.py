@@ -61,4 +61,7 @@ def pytest_terminal_summary(terminalreporter):
     skipped = terminalreporter.stats.get("skipped", [])
     count = sum(1 for r in skipped if MISSING in str(r.longrepr))
     if count:
-        terminalreporter.write_line(f"{count} tests skipped: they {MISSING}")
+        terminalreporter.write_line(
+            f"{count} tests skipped: the shared data folder {SHARED} is missing "
+            f"(set CVVAE_SHARED to its location)"
+        )

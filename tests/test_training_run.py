@@ -262,3 +262,15 @@ def test_init_from_with_other_latent_channels_is_refused(tmp_path, clips):
     config.model.image_vae_init["latent_channels"] = 16
     with pytest.raises(UserInputError, match="has 4 latent channels but the image VAE has 16"):
         Trainer(config)
+
+
+def test_an_interrupted_checkpoint_write_leaves_no_folder(tmp_path, clips, monkeypatch):
+    trainer = Trainer(tiny(tmp_path, clips, "num_val_clips=0"))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C, or SIGTERM under the CLI
+
+    monkeypatch.setattr(ckpt, "finish_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    assert list((tmp_path / "checkpoints").iterdir()) == []
