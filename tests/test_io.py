@@ -1,5 +1,6 @@
 """Video/image I/O: round trips, frame selection, resize/crop, atomic writes, user errors."""
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -7,15 +8,19 @@ import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import cvvae.io
 from cvvae.errors import UserInputError
 from cvvae.io import (
     atomic_path,
+    check_not_input,
     is_image_path,
+    list_videos,
     read_image,
     read_video,
     resize_center_crop,
+    same_file,
     write_image,
     write_video,
 )
@@ -245,3 +250,161 @@ def test_write_rejects_wrong_extension(tmp_path):
     with pytest.raises(UserInputError, match="image extension"):
         write_image(tmp_path / "img.mp4", torch.zeros(3, 8, 8))
     assert listing(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------- read as meant
+def test_16_bit_greyscale_png_keeps_its_tones(tmp_path):
+    ramp = np.linspace(0, 65535, 64, dtype=np.float64).round().astype(np.uint16)
+    Image.fromarray(np.tile(ramp, (8, 1))).save(tmp_path / "g16.png")
+    x = read_image(tmp_path / "g16.png")
+    assert x.shape == (3, 8, 64)
+    expected = torch.from_numpy(ramp / 65535.0).float() * 2 - 1
+    assert torch.allclose(x[0, 0], expected, atol=1e-6)
+    assert torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])
+    assert (x > 0.99).float().mean() < 0.05  # not read as (nearly) all white
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "1", "I"])
+def test_greyscale_and_palette_images_read_as_grey_rgb(tmp_path, mode):
+    grey = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))
+    img = Image.fromarray(grey, "L")
+    if mode == "I":  # 32-bit integers holding 16-bit values, as Pillow opens some PNGs
+        img = Image.fromarray(grey.astype(np.int32) * 257, "I")
+    elif mode != "L":
+        img = img.convert(mode)
+    name = "g.tif" if mode == "I" else "g.png"  # PNG cannot hold 32-bit integers
+    img.save(tmp_path / name)
+    x = read_image(tmp_path / name)
+    assert x.shape == (3, 8, 64) and torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    if mode in ("L", "LA", "I"):
+        assert torch.allclose(x[0, 0], torch.from_numpy(grey[0] / 255.0).float() * 2 - 1, atol=1e-5)
+
+
+def test_decompression_bomb_is_a_user_error(tmp_path):
+    from test_cli_errors import bomb_png
+
+    bomb_png(tmp_path / "bomb.png")
+    with pytest.raises(UserInputError, match="image too large"):
+        read_image(tmp_path / "bomb.png")
+
+
+def _gop_video(path: Path, frames: int, gop: int) -> torch.Tensor:
+    """A clip with a keyframe every ``gop`` frames (B-frames on), returned as written."""
+    video = torch.rand(3, frames, 16, 24) * 2 - 1
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 24, 16, "yuv420p"
+        stream.options = {"g": str(gop), "keyint_min": str(gop), "bf": "2", "sc_threshold": "0"}
+        for rgb in cvvae.io._to_uint8(video):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    return video
+
+
+def test_start_frame_seeks_to_a_keyframe_and_gives_the_frames_of_a_full_decode(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "gop.mp4"
+    _gop_video(path, 40, gop=8)
+    full, _ = read_video(path)
+    decoded = []
+    real = cvvae.io._from_uint8
+    monkeypatch.setattr(cvvae.io, "_from_uint8", lambda rgb: decoded.append(1) or real(rgb))
+    for start, count, stride in [(1, 3, 1), (8, 4, 2), (13, 5, 3), (30, None, 1), (39, 2, 1)]:
+        x, _ = read_video(path, start, count, stride)
+        end = None if count is None else start + count * stride
+        assert torch.equal(x, full[:, start:end:stride]), (start, count, stride)
+    assert cvvae.io._seek_plan(path, 30) is not None  # the timestamps allowed seeking
+
+
+def test_start_frame_seek_saves_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "gop.mp4"
+    _gop_video(path, 40, gop=8)
+    calls = []
+    real = av.VideoFrame.to_ndarray
+    monkeypatch.setattr(
+        av.VideoFrame, "to_ndarray", lambda f, **k: calls.append(f.pts) or real(f, **k)
+    )
+    read_video(path, 33, 2)
+    assert len(calls) == 2  # only the frames kept are converted
+
+
+def test_start_frame_seek_on_real_clips(video_paths):
+    for path in video_paths[:2]:
+        full, _ = read_video(path, 0, 60, 1, (18, 32))
+        for start in (1, 29, 45):
+            x, _ = read_video(path, start, 5, 2, (18, 32))
+            assert torch.equal(x, full[:, start : start + 10 : 2]), (path.name, start)
+
+
+def test_truncated_video_is_read_to_its_end_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "whole.mp4"
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.options = {"g": "5", "crf": "0"}
+        for rgb in cvvae.io._to_uint8(torch.rand(3, 30, 64, 64) * 2 - 1):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    cut = tmp_path / "cut.mp4"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    video, info = read_video(cut)
+    assert info.total_frames == 30 and 0 < video.shape[1] < 30
+    assert f"ends after {video.shape[1]} of the 30 frames" in caplog.text or (
+        "breaks off" in caplog.text
+    )
+    assert str(cut) in caplog.text
+
+
+# ---------------------------------------------------------------------------- writes
+def test_same_file_and_check_not_input(tmp_path):
+    source = tmp_path / "a.png"
+    source.write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(source)
+    os.link(source, tmp_path / "hard.png")
+    for other in ("a.png", "link.png", "hard.png"):
+        assert same_file(source, tmp_path / other)
+        with pytest.raises(UserInputError, match="the output is the input file"):
+            check_not_input(tmp_path / other, source)
+    assert not same_file(source, tmp_path / "new.png")
+    check_not_input(tmp_path / "new.png", source)
+
+
+def test_atomic_path_refuses_a_folder_and_renames_errors_to_the_output(tmp_path):
+    (tmp_path / "out.png").mkdir()
+    with pytest.raises(UserInputError, match="the output is a folder"):
+        with atomic_path(tmp_path / "out.png"):
+            pass
+    long = tmp_path / ("y" * 300 + ".png")
+    with pytest.raises(OSError) as error:
+        with atomic_path(long) as tmp:
+            tmp.write_bytes(b"x")
+    assert error.value.filename == str(long) and list(tmp_path.glob(".*partial*")) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_writes_get_the_umask_mode(tmp_path, umask):
+    from safetensors.torch import save_file
+
+    old = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "z.safetensors") as tmp:
+            save_file({"x": torch.zeros(1)}, str(tmp))
+        write_image(tmp_path / "i.png", torch.zeros(3, 4, 4))
+    finally:
+        os.umask(old)
+    for name in ("z.safetensors", "i.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_list_rows_are_checked(tmp_path):
+    (tmp_path / "a.csv").write_text("caption,path\nx\n")
+    with pytest.raises(UserInputError, match="CSV video list row 2 has no path"):
+        list_videos([str(tmp_path / "a.csv")])
+    (tmp_path / "b.jsonl").write_text('{"path": "ok.mp4"}\n\n{"path": 5}\n')
+    with pytest.raises(UserInputError, match="line 3: 'path' must be a non-empty string, got 5"):
+        list_videos([str(tmp_path / "b.jsonl")])
+    (tmp_path / "c.csv").write_bytes(b"path\n\xff.mp4\n")
+    with pytest.raises(UserInputError, match="not UTF-8"):
+        list_videos([str(tmp_path / "c.csv")])

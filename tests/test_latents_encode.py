@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MISSING, REFERENCE, shared_available
 from safetensors import safe_open
 
 from cvvae.cli import main
 from cvvae.io import read_video, write_video
 from cvvae.latents import LatentDataset, read_manifest
 
-MODEL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cvvae_sd21_tiny"
+MODEL = REFERENCE / "cvvae_sd21_tiny"
+pytestmark = pytest.mark.skipif(not shared_available(), reason=MISSING)  # all use MODEL
 REAL_CLIP = "pexels_19216241_1280x720_30fps.mp4"
 PROTOCOL = ["--frames", "9", "--height", "32", "--width", "48", "--stride", "2"]
 

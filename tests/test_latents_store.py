@@ -41,13 +41,39 @@ def test_merge_prefers_done_then_latest_and_pending_skips_recorded_keys(tmp_path
     assert pending([a, b, c], range(3), merged, retry_failed=True) == [a, c]
 
 
+def _rows(tmp_path, *names):
+    return [failed_row(s, 0, "x") for s in clip_sources([tmp_path / n for n in names], tmp_path)]
+
+
 def test_manifest_drops_a_line_cut_by_a_crash(tmp_path):
+    a, c = _rows(tmp_path, "a", "c")
     (tmp_path / "manifest").mkdir()
     path = tmp_path / "manifest" / "rank-00000.jsonl"
-    path.write_text(json.dumps({"key": "a"}) + '\n{"key": "b", "sta')
-    assert read_manifest(tmp_path) == [{"key": "a"}]
-    ManifestWriter(tmp_path, 0).append({"key": "c"})
-    assert read_manifest(tmp_path) == [{"key": "a"}, {"key": "c"}]
+    path.write_text(json.dumps(a) + '\n{"key": "b", "sta')
+    assert read_manifest(tmp_path) == [a]
+    ManifestWriter(tmp_path, 0).append(c)
+    assert read_manifest(tmp_path) == [a, c]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"{not json",
+        b"[1, 2]",
+        b"null",
+        b'{"key": "b"}',
+        b'{"key": 5, "status": "failed", "index": 1, "time": 1.0}',
+        b'{"key": "b", "status": "done", "index": 1, "time": 1.0}',
+        b"\xff\xfe",
+    ],
+)
+def test_a_corrupt_manifest_line_is_skipped_with_a_warning(tmp_path, caplog, bad):
+    a, c = _rows(tmp_path, "a", "c")
+    (tmp_path / "manifest").mkdir()
+    path = tmp_path / "manifest" / "rank-00000.jsonl"
+    path.write_bytes(json.dumps(a).encode() + b"\n" + bad + b"\n" + json.dumps(c).encode() + b"\n")
+    assert read_manifest(tmp_path) == [a, c]
+    assert "skipping unreadable manifest line 2" in caplog.text
 
 
 def test_shard_writer_rotates_and_cleans_its_own_leftovers(tmp_path):

@@ -25,12 +25,10 @@ from transformers import (
 from cvvae import CVVAE, InferencePlan
 from cvvae.pipelines import CVVAEVideoPipeline
 
-MODEL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cvvae_sd21_tiny"
-
 
 @pytest.fixture(scope="module")
-def vae() -> CVVAE:
-    return CVVAE.from_pretrained(MODEL)
+def vae(reference_dir) -> CVVAE:
+    return CVVAE.from_pretrained(reference_dir / "cvvae_sd21_tiny")
 
 
 def _tokenizer(folder: Path) -> CLIPTokenizer:

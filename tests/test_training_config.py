@@ -44,11 +44,47 @@ def test_int_widens_to_float():
         ("mixed_precision=fp8", "mixed_precision"),
         ("model.image_vae=/some/vae", "exactly one of image_vae"),
         ("batch_size", "key=value"),
+        ("optim.lr=.inf", "optim.lr must be a finite number, got inf"),
+        ("optim.disc_lr=.nan", "optim.disc_lr must be a finite number, got nan"),
+        ("loss.kl_weight=-.inf", "loss.kl_weight must be a finite number"),
+        ("data.resize_range=[1.0, .inf]", "data.resize_range must be a finite number"),
+        ("optim.betas=[2, 3]", "optim.betas must be two values in [0, 1), got [2.0, 3.0]"),
+        ("optim.eps=-1", "optim.eps must be > 0, got -1.0"),
+        ("optim.weight_decay=-1", "optim.weight_decay must be >= 0, got -1.0"),
+        ("seed=-1", "seed must be in [0, 4294967295], got -1"),
+        (f"seed={2**70}", f"got {2**70}"),
+        ("loss.gan_start=-5", "loss.gan_start must be >= 0"),
+        ("log_with=tensorbored", "log_with must be one of"),
+        ("data.batch_size=[", "the value is not valid YAML (line 1, column 2)"),
     ],
 )
 def test_invalid_configs_name_the_key(override, message):
     with pytest.raises(UserInputError, match=re.escape(message)):
         load_config(CONFIGS / "tiny.yaml", [override])
+
+
+def test_errors_name_the_file():
+    with pytest.raises(
+        UserInputError, match=re.escape(f"optim.lr must be > 0, got 0.0: {CONFIGS}")
+    ):
+        load_config(CONFIGS / "tiny.yaml", ["optim.lr=0"])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"seed: [1,\n", "config is not valid YAML (line 2, column 1)"),
+        (b"seed: 1\nname: caf\xe9\n", "config is not UTF-8 text (byte 17)"),
+        (b"- 1\n- 2\n", "config must be a YAML mapping"),
+        (b"optim: 3\n", "config section optim. must be a mapping"),
+    ],
+)
+def test_unreadable_config_files_are_one_line(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(UserInputError, match=re.escape(message)) as error:
+        load_config(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
 def test_missing_file_is_user_error(tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import VIDEOS
 
 from cvvae.errors import UserInputError
 from cvvae.io import list_images, list_videos, read_video, write_image, write_video
@@ -18,20 +19,35 @@ from cvvae.training.data import (
     validation_keys,
 )
 
-SOURCE_VIDEOS = sorted(Path("/work/shared/data/videos").glob("*.mp4"))
+SOURCE_VIDEOS = sorted(VIDEOS.glob("*.mp4"))
 
 
 def make_clips(folder: Path, count: int = 3, frames: int = 20, size=(36, 64)) -> list[Path]:
-    """Write ``count`` short low-resolution clips cut from the real videos in shared/data."""
+    """Write ``count`` short low-resolution clips cut from the real videos in the shared data
+    folder, or, without it, synthetic moving patterns of the same size."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
-        source = SOURCE_VIDEOS[i % len(SOURCE_VIDEOS)]
-        video, info = read_video(source, start=20 * i, num_frames=frames, stride=2, size=size)
+        if SOURCE_VIDEOS:
+            source = SOURCE_VIDEOS[i % len(SOURCE_VIDEOS)]
+            video, _ = read_video(source, start=20 * i, num_frames=frames, stride=2, size=size)
+        else:
+            video = _synthetic_clip(i, frames, size)
         path = folder / f"clip{i}.mp4"
         write_video(path, video, fps=15)
         paths.append(path)
     return paths
+
+
+def _synthetic_clip(seed: int, frames: int, size: tuple[int, int]) -> torch.Tensor:
+    """Smooth colour waves drifting over time, ``(3, frames, H, W)`` in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    freq, phase = torch.rand(3, 2, generator=g) * 0.3 + 0.05, torch.rand(3, generator=g) * 6
+    t = torch.arange(frames).view(1, -1, 1, 1).float()
+    y = torch.arange(size[0]).view(1, 1, -1, 1).float()
+    x = torch.arange(size[1]).view(1, 1, 1, -1).float()
+    wave = freq[:, 0].view(3, 1, 1, 1) * (y + 2 * t) + freq[:, 1].view(3, 1, 1, 1) * (x - t)
+    return torch.sin(wave + phase.view(3, 1, 1, 1)) * 0.8
 
 
 @pytest.fixture(scope="module")

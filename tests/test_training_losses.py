@@ -1,6 +1,8 @@
 """Loss terms, LPIPS (own VGG16, local weights), 3D PatchGAN, hinge and adaptive GAN weight,
 and the latent regularization through a frozen image VAE."""
 
+import importlib.util
+
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -63,6 +65,39 @@ def test_lpips_converter_maps_torchvision_and_lpips_names():
     converted = convert_lpips_weights(vgg, lin)
     assert converted.keys() == state.keys()
     assert all(torch.equal(converted[k], state[k]) for k in state)
+
+
+def _vgg_and_heads(state):
+    conv_index = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+    vgg = {
+        f"features.{n}.{k}": state[f"vgg.convs.{i}.{k}"]
+        for i, n in enumerate(conv_index)
+        for k in ("weight", "bias")
+    }
+    return vgg, {f"lin{k}.model.1.weight": state[f"lins.{k}.weight"] for k in range(5)}
+
+
+@pytest.mark.parametrize("backbone_name", ["vgg16.pth", "vgg16.safetensors"])
+def test_lpips_heads_come_from_the_installed_lpips_package(tmp_path, monkeypatch, backbone_name):
+    from safetensors.torch import save_file
+
+    state = _random_lpips_state(2)
+    vgg, heads = _vgg_and_heads(state)
+    package = tmp_path / "site" / "lpips"
+    (package / "weights" / "v0.1").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('never imported: needs torchvision')")
+    torch.save(heads, package / "weights" / "v0.1" / "vgg.pth")  # as the package ships them
+    backbone = tmp_path / backbone_name
+    if backbone.suffix == ".pth":
+        torch.save(vgg, backbone)
+    else:
+        save_file(vgg, str(backbone))
+    if importlib.util.find_spec("lpips") is None:  # the real package is not installed here
+        with pytest.raises(UserInputError, match="lpips package, which is not installed"):
+            load_lpips(backbone)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    model = load_lpips(backbone)
+    assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)
 
 
 def test_lpips_missing_or_wrong_file_is_user_error(tmp_path):

@@ -2,17 +2,22 @@
 ignored, non-finite steps skipped then stopped, export + TensorBoard logs, overfitting real clips."""
 
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_training_data import make_clips
 
+from cvvae.errors import UserInputError
 from cvvae.models import CVVAE
+from cvvae.models.inflation import inflate_from_image_vae
 from cvvae.training import checkpoints as ckpt
+from cvvae.training import trainer as trainer_module
 from cvvae.training.config import load_config
-from cvvae.training.trainer import NonFiniteLossError, Trainer, lr_factor
+from cvvae.training.trainer import NonFiniteLossError, Trainer, load_image_vae, lr_factor
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -178,3 +183,94 @@ def test_tiny_run_overfits_real_clips(tmp_path, clips):
     reg_late = [losses[s]["decoder_reg"] for s in (58, 59, 60)]
     assert sum(late) <= 0.5 * sum(early), (early, late)
     assert sum(reg_late) < sum(reg_early), (reg_early, reg_late)
+
+
+class _ScaledAccelerator(Accelerator):
+    """Accelerate gives no loss scaler on the CPU; this one has a real one that doubles its
+    scale every step, so a resume that forgot its state would be seen."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+
+
+def test_resume_restores_the_loss_scaler(tmp_path, clips, monkeypatch):
+    monkeypatch.setattr(trainer_module, "Accelerator", _ScaledAccelerator)
+    args = ("max_steps=3", "loss.gan_weight=0", "num_val_clips=0")
+    full = Trainer(tiny(tmp_path / "a", clips, *args))
+    full.run()
+    first = Trainer(tiny(tmp_path / "b", clips, *args))
+    first.run(stop_after=1)
+    resumed = Trainer(tiny(tmp_path / "b", clips, *args))
+    assert resumed.step == 1
+    assert resumed.accelerator.scaler.get_scale() == first.accelerator.scaler.get_scale()
+    resumed.run()
+    assert resumed.accelerator.scaler.state_dict() == full.accelerator.scaler.state_dict()
+    assert full.accelerator.scaler.get_scale() == 2.0**13
+    for step in (2, 3):
+        for name, value in full.step_losses[step].items():
+            assert resumed.step_losses[step][name] == pytest.approx(value, rel=1e-5, abs=1e-7)
+
+
+def test_resume_from_a_checkpoint_of_another_config_is_one_line(tmp_path, clips):
+    Trainer(tiny(tmp_path, clips, "num_val_clips=0")).run(stop_after=1)
+    with pytest.raises(UserInputError, match=r"written with other settings: loss.disc_channels"):
+        Trainer(tiny(tmp_path, clips, "loss.disc_channels=4", "loss.disc_norm_groups=2"))
+
+
+def test_non_finite_model_is_not_exported(tmp_path, clips, monkeypatch):
+    trainer = Trainer(tiny(tmp_path, clips, "max_steps=1", "num_val_clips=0"))
+    monkeypatch.setattr(trainer_module, "update_ema", lambda ema, model, decay: _poison(ema))
+    with pytest.raises(NonFiniteLossError, match="non-finite parameters"):
+        trainer.run()
+    assert not (tmp_path / "model").exists()
+
+
+def _poison(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        next(module.parameters()).fill_(math.inf)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("log_with=wandb", "log_with=wandb: that tracker's package is not installed"),
+        (
+            "model.image_vae_init.block_out_channels=[8]",
+            "model.image_vae_init does not make an AutoencoderKL",
+        ),
+        ("model.image_vae_init=null", "model.image_vae folder not found"),
+        ("model.init_from=/no/such/folder", "model.init_from folder not found"),
+    ],
+)
+def test_bad_model_or_tracker_settings_are_one_line(tmp_path, clips, override, message):
+    extra = ["model.image_vae=/no/such/vae"] if override == "model.image_vae_init=null" else []
+    if override == "log_with=wandb" and "wandb" in {
+        str(t) for t in __import__("accelerate").tracking.get_available_trackers()
+    }:
+        pytest.skip("wandb is installed here")
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        Trainer(tiny(tmp_path, clips, override, *extra))
+    assert not tmp_path.joinpath("tensorboard").exists()
+
+
+def test_init_from_with_other_latent_channels_is_refused(tmp_path, clips):
+    image_vae = load_image_vae(tiny(tmp_path, clips))
+    model = inflate_from_image_vae(image_vae)
+    model.save_pretrained(tmp_path / "m4")
+    config = tiny(tmp_path, clips, f"model.init_from={tmp_path / 'm4'}")
+    config.model.image_vae_init["latent_channels"] = 16
+    with pytest.raises(UserInputError, match="has 4 latent channels but the image VAE has 16"):
+        Trainer(config)
+
+
+def test_an_interrupted_checkpoint_write_leaves_no_folder(tmp_path, clips, monkeypatch):
+    trainer = Trainer(tiny(tmp_path, clips, "num_val_clips=0"))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C, or SIGTERM under the CLI
+
+    monkeypatch.setattr(ckpt, "finish_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    assert list((tmp_path / "checkpoints").iterdir()) == []

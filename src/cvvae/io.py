@@ -5,13 +5,20 @@ Videos are read with PyAV (anything FFmpeg reads) and written as H.264 with libx
 read and written with Pillow. Problems the user can fix raise :class:`UserInputError` with one line
 naming the problem and the file. :func:`list_videos` and :func:`list_images` find the files of a
 dataset (folders, CSV and JSONL lists) for training and latent encoding.
+
+Reading follows what the file means: 16-bit and greyscale images keep their tones, a video read
+with a start frame seeks to the keyframe before it (the same frames as decoding from the first),
+and a video that ends before its header says (truncated) is read to its end with a warning.
+Written files appear only when complete, with the mode the umask gives new files.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +33,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from cvvae.errors import UserInputError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_WRITE_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv"})
@@ -53,22 +62,111 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True if ``a`` and ``b`` name the same file: the same path, a symbolic link to it, or a
+    hard link (same device and inode). A path that does not exist is not the same file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_input(output: str | os.PathLike, *inputs: str | os.PathLike) -> None:
+    """Raise :class:`UserInputError` if ``output`` is one of ``inputs`` (same file, hard link or
+    symbolic link), so that writing it cannot destroy an input."""
+    for source in inputs:
+        if same_file(output, source) or Path(output).absolute() == Path(source).absolute():
+            raise UserInputError(
+                f"the output is the input file {source} (same file, hard link or symbolic link); "
+                f"choose another output: {output}"
+            )
+
+
+# The stem is cut so that the hidden name stays under the usual 255-byte limit.
+_PARTIAL_STEM_BYTES = 120
+_PARTIAL = re.compile(r"^\.(?P<stem>.*)\.(?:(?P<pid>\d+)-)?[0-9a-f]{8}\.partial(?P<ext>\.[^.]*)?$")
+
+
+def _partial_stem(path: Path) -> str:
+    return path.stem.encode()[:_PARTIAL_STEM_BYTES].decode(errors="ignore")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to another user
+        return True
+    return True
+
+
+def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that killed writers of ``path`` left beside it (those of a
+    process that no longer runs, or of older versions, which named no process). Returns them."""
+    path = Path(path)
+    stem, removed = _partial_stem(path), []
+    try:
+        candidates = list(path.parent.glob(f".{glob_escape(stem)}.*.partial{path.suffix}"))
+    except OSError:
+        return removed
+    for candidate in candidates:
+        match = _PARTIAL.match(candidate.name)
+        if match is None or match["stem"] != stem or (match["ext"] or "") != path.suffix:
+            continue
+        pid = match["pid"]
+        if pid is not None and (int(pid) == os.getpid() or _pid_alive(int(pid))):
+            continue
+        try:
+            candidate.unlink()
+            removed.append(candidate)
+        except OSError:
+            pass
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with the glob characters ``*?[`` matched literally."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
     The temporary name keeps the extension (writers infer formats from it) and is hidden
-    (``.name.<random>.partial.ext``). On any exception the temporary file is deleted, so
-    ``path`` is either the complete new file or untouched. Raises :class:`UserInputError` if the
-    output folder does not exist.
+    (``.name.<pid>-<random>.partial.ext``). On any exception (Ctrl-C and SIGTERM under the CLI
+    included) the temporary file is deleted, so ``path`` is either the complete new file or
+    untouched; temporary files of killed earlier writers of ``path`` are removed first. The
+    file gets the mode the umask gives new files (some writers create theirs private).
+    Raises :class:`UserInputError` if the output folder does not exist or ``path`` is a folder;
+    an OSError of the write names ``path``, not the temporary file.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise UserInputError(f"output folder does not exist: {path}")
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}")
+    if path.is_dir():
+        raise UserInputError(f"the output is a folder, not a file: {path}")
+    remove_stale_partials(path)
+    tmp = path.with_name(
+        f".{_partial_stem(path)}.{os.getpid()}-{secrets.token_hex(4)}.partial{path.suffix}"
+    )
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.filename is not None and Path(error.filename) in (tmp, path):
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -134,10 +232,14 @@ def read_video(
     """Read frames ``start, start + stride, ...`` (at most ``num_frames``; None = to the end).
 
     ``size=(H, W)`` resizes each frame to cover that size keeping aspect, then center-crops
-    (:func:`resize_center_crop`). Decoding stops as soon as enough frames are read. Fewer than
-    ``num_frames`` frames come back when the video ends first. Returns ``(video, info)`` with
-    ``video`` float32 ``(3, T, H, W)`` in [-1, 1]. Raises :class:`UserInputError` for a missing,
-    unreadable or corrupt file, a file without video frames, or ``start`` beyond the end.
+    (:func:`resize_center_crop`). With ``start > 0`` decoding begins at the keyframe before the
+    start frame when the stream's timestamps allow it (else at the first frame): the frames are
+    those of a decode from the first frame. Decoding stops as soon as enough frames are read.
+    Fewer than ``num_frames`` frames come back when the video ends first; a video that ends
+    before the frame count its header gives, or whose data breaks off, is read up to there with
+    a warning giving the counts. Returns ``(video, info)`` with ``video`` float32
+    ``(3, T, H, W)`` in [-1, 1]. Raises :class:`UserInputError` for a missing, unreadable or
+    corrupt file, a file without video frames, or ``start`` beyond the end.
     """
     if start < 0 or stride < 1 or (num_frames is not None and num_frames < 1):
         raise ValueError(
@@ -145,8 +247,70 @@ def read_video(
         )
     _check_size(size)
     path = Path(path)
+    plan = _seek_plan(path, start) if start > 0 else None
+    try:
+        return _read_frames(path, start, num_frames, stride, size, plan)
+    except _SeekFailed:
+        return _read_frames(path, start, num_frames, stride, size, None)
+
+
+class _SeekFailed(Exception):
+    """The frames after a keyframe seek cannot be numbered as a full decode numbers them."""
+
+
+@dataclass(frozen=True)
+class _SeekPlan:
+    """Frame ``start`` has timestamp ``start_pts``; seek to the keyframe before it."""
+
+    start_pts: int
+
+
+def _seek_plan(path: Path, start: int) -> _SeekPlan | None:
+    """Where frame ``start`` of a full decode is, from the packet timestamps alone, or None if
+    they do not tell it for sure (variable rate, missing or discarded packets)."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            first = next(container.decode(stream), None)
+            first_pts = None if first is None else first.pts
+        if first_pts is None:
+            return None
+        with av.open(str(path)) as container:
+            stream, pts = container.streams.video[0], []
+            for packet in container.demux(stream):
+                if packet.pts is None:
+                    if packet.size:
+                        return None  # a frame without a timestamp: cannot be placed
+                    continue
+                if packet.is_discard:
+                    return None
+                pts.append(packet.pts)
+                if len(pts) > start and packet.dts is not None:
+                    # later packets have pts >= dts: once dts passes frame `start`, it is known
+                    if packet.dts > sorted(pts)[start]:
+                        break
+    except (av.FFmpegError, OSError, IndexError, StopIteration):
+        return None
+    pts.sort()
+    if len(pts) <= start or pts[0] != first_pts:
+        return None
+    step = pts[1] - pts[0]
+    if step <= 0 or any(b - a != step for a, b in zip(pts, pts[1 : start + 1], strict=False)):
+        return None
+    return _SeekPlan(pts[start])
+
+
+def _read_frames(
+    path: Path,
+    start: int,
+    num_frames: int | None,
+    stride: int,
+    size: tuple[int, int] | None,
+    plan: _SeekPlan | None,
+) -> tuple[torch.Tensor, VideoInfo]:
     frames: list[torch.Tensor] = []
-    decoded = 0
+    decoded = 0  # frames of a full decode passed so far (the next one's index)
+    broke_off = False
     with _open_video(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -159,7 +323,17 @@ def read_video(
             width=stream.codec_context.width,
         )
         try:
+            if plan is not None:
+                container.seek(plan.start_pts, backward=True, any_frame=False, stream=stream)
             for frame in container.decode(stream):
+                if plan is not None and decoded == 0:
+                    if frame.pts is None:
+                        raise _SeekFailed()
+                    if frame.pts < plan.start_pts:
+                        continue  # between the keyframe and the start frame
+                    if frame.pts != plan.start_pts:
+                        raise _SeekFailed()
+                    decoded = start
                 index, decoded = decoded, decoded + 1
                 if index < start or (index - start) % stride:
                     continue
@@ -168,11 +342,25 @@ def read_video(
                 if num_frames is not None and len(frames) == num_frames:
                     break
         except av.FFmpegError:
-            raise UserInputError(f"corrupt video stream: {path}") from None
+            if decoded == 0 or plan is not None and decoded <= start:
+                raise UserInputError(f"corrupt video stream: {path}") from None
+            broke_off = True
     if decoded == 0:
+        if plan is not None:
+            raise _SeekFailed()
         raise UserInputError(f"video has no frames: {path}")
     if not frames:
         raise UserInputError(f"start frame {start} is beyond the end ({decoded} frames): {path}")
+    wanted_all = num_frames is None or len(frames) < num_frames
+    if broke_off:
+        logger.warning("the video data breaks off after frame %d (truncated?): %s", decoded, path)
+    elif wanted_all and info.total_frames and decoded < info.total_frames:
+        logger.warning(
+            "the video ends after %d of the %d frames its header gives (truncated?): %s",
+            decoded,
+            info.total_frames,
+            path,
+        )
     return torch.stack(frames, dim=1), info
 
 
@@ -224,13 +412,36 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
         raise UserInputError(f"file not found: {path}")
     try:
         with Image.open(path) as img:
-            rgb = np.array(img.convert("RGB"))
+            x = _image_tensor(img)
     except UnidentifiedImageError:
         raise UserInputError(f"not an image file: {path}") from None
-    except (OSError, SyntaxError, ValueError):
+    except Image.DecompressionBombError:
+        raise UserInputError(
+            f"image too large (over {2 * Image.MAX_IMAGE_PIXELS} pixels; PIL's decompression bomb "
+            f"guard): {path}"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError):
         raise UserInputError(f"corrupt image file: {path}") from None
-    x = _from_uint8(rgb)
     return resize_center_crop(x, size) if size else x
+
+
+# Pillow modes of single-channel images with more than 8 bits, and their full-scale value.
+_DEEP_GREY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
+
+
+def _image_tensor(img: Image.Image) -> torch.Tensor:
+    """``(3, H, W)`` in [-1, 1]: 16-bit greyscale scaled by its full range (not clipped to 8
+    bits), 32-bit integer greyscale (how Pillow opens some 16-bit PNGs) as 16-bit, everything
+    else through RGB (greyscale repeated, palette expanded, alpha dropped)."""
+    if img.mode in _DEEP_GREY or img.mode == "I":
+        grey = np.asarray(img).astype(np.float32)
+        peak = _DEEP_GREY.get(img.mode, 65535.0)
+        x = torch.from_numpy(np.clip(grey / peak, 0.0, 1.0)) * 2.0 - 1.0
+        return x[None].expand(3, -1, -1).contiguous()
+    if img.mode == "F":  # floating-point greyscale (TIFF): taken as values in [0, 1]
+        x = torch.from_numpy(np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)) * 2.0 - 1.0
+        return x[None].expand(3, -1, -1).contiguous()
+    return _from_uint8(np.array(img.convert("RGB")))
 
 
 def write_image(path: str | os.PathLike, image: torch.Tensor, quality: int = 95) -> None:
@@ -258,15 +469,12 @@ def list_videos(sources: list[str]) -> list[Path]:
         if path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
         elif path.suffix.lower() == ".csv" and path.is_file():
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                if "path" not in (reader.fieldnames or []):
-                    raise UserInputError(f"CSV video list needs a 'path' column: {path}")
-                found += [path.parent / row["path"] for row in reader]
+            found += [path.parent / p for p in _csv_paths(path)]
         elif path.suffix.lower() == ".jsonl" and path.is_file():
+            lines = _list_text(path).splitlines()
             found += [
-                path.parent / _jsonl_path(line, path)
-                for line in path.read_text().splitlines()
+                path.parent / _jsonl_path(line, n, path)
+                for n, line in enumerate(lines, 1)
                 if line.strip()
             ]
         else:
@@ -274,11 +482,40 @@ def list_videos(sources: list[str]) -> list[Path]:
     return found
 
 
-def _jsonl_path(line: str, source: Path) -> str:
+def _list_text(path: Path) -> str:
     try:
-        return json.loads(line)["path"]
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"video list is not UTF-8 text (byte {error.start}): {path}") from None
+
+
+def _csv_paths(path: Path) -> list[str]:
+    """The ``path`` column of a CSV list; every row must have a non-empty one."""
+    reader = csv.DictReader(_list_text(path).splitlines())
+    if "path" not in (reader.fieldnames or []):
+        raise UserInputError(f"CSV video list needs a 'path' column: {path}")
+    paths = []
+    for row in reader:
+        value = row.get("path")
+        if not isinstance(value, str) or not value.strip():
+            raise UserInputError(f"CSV video list row {reader.line_num} has no path: {path}")
+        paths.append(value)
+    return paths
+
+
+def _jsonl_path(line: str, number: int, source: Path) -> str:
+    try:
+        value = json.loads(line)["path"]
     except (ValueError, KeyError, TypeError):
-        raise UserInputError(f"JSONL video list lines need a 'path' key: {source}") from None
+        raise UserInputError(
+            f"JSONL video list line {number} needs a 'path' key: {source}"
+        ) from None
+    if not isinstance(value, str) or not value.strip():
+        raise UserInputError(
+            f"JSONL video list line {number}: 'path' must be a non-empty string, got "
+            f"{value!r}: {source}"
+        )
+    return value
 
 
 def list_images(sources: list[str]) -> list[Path]:

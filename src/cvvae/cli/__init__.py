@@ -1,9 +1,10 @@
 """The ``cvvae`` command line: the only package that prints and touches user files.
 
 Every problem the user can fix ends as one stderr line ``cvvae: error: <problem>: <file>`` and
-exit code 2, with no traceback and no partial output file. Each module adds its subcommands
-through ``register(sub)``. The command modules import torch, diffusers and the models only
-inside the commands, so ``cvvae --help`` does not load them.
+exit code 2, with no traceback and no partial output file (see ``failures`` for the other codes
+and ``docs/errors.md`` for what each bad input gets). Each module adds its subcommands through
+``register(sub)``. The command modules import torch, diffusers and the models only inside the
+commands, so ``cvvae --help`` does not load them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 
 from cvvae.cli import codec, dataset, evaluate, train
 from cvvae.cli.common import Formatter, Parser
+from cvvae.cli.failures import INTERRUPTED, TERMINATED, Terminated, describe, sigterm_raises
 from cvvae.errors import UserInputError
 
 COMMAND_MODULES = (codec, train, dataset, evaluate)
@@ -64,19 +66,33 @@ def _quiet_diffusers() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
+    """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted,
+    143 terminated; a bug raises with its traceback)."""
     _show_cvvae_log()
     try:
-        args = build_parser().parse_args(argv)
-        _quiet_diffusers()
-        args.run(args)
+        with sigterm_raises():
+            args = build_parser().parse_args(argv)
+            _quiet_diffusers()
+            args.run(args)
     except UserInputError as error:
-        print(f"cvvae: error: {str(error).replace(chr(10), ' ')}", file=sys.stderr)
-        return 2
+        return _error(str(error), 2)
     except KeyboardInterrupt:
         print("cvvae: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    except Terminated:
+        print("cvvae: terminated", file=sys.stderr)
+        return TERMINATED
+    except Exception as error:
+        known = describe(error)
+        if known is None:
+            raise
+        return _error(known[1], known[0])
     return 0
+
+
+def _error(message: str, code: int) -> int:
+    print(f"cvvae: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

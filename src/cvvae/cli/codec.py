@@ -33,6 +33,25 @@ if TYPE_CHECKING:
     from cvvae.models import CVVAE
 
 LATENTS_FORMAT = "cvvae-latents"
+MAX_SIZE = 16384  # pixels per side accepted for --height/--width and latent metadata
+MAX_FPS = 10000  # frames per second accepted in latent metadata
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; clip i adds i in encode-dataset
+
+
+def frame_size(text: str) -> int:
+    """An argparse type: a frame side in pixels, 1..MAX_SIZE."""
+    value = positive(text)
+    if value > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_SIZE}, got {value}")
+    return value
+
+
+def seed_type(text: str) -> int:
+    """An argparse type: a random seed in [0, 2**63 - 1]."""
+    value = non_negative(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be <= 2**63 - 1, got {value}")
+    return value
 
 
 # ---------------------------------------------------------------------------- inputs and outputs
@@ -73,10 +92,11 @@ def read_clip(path: Path, args: argparse.Namespace) -> Clip:
     return Clip(video, info.rate / args.stride)
 
 
-def _check_output(path: Path, is_image: bool) -> None:
-    """Fail before any work if ``path`` cannot take an image / a video."""
-    from cvvae.io import VIDEO_WRITE_EXTENSIONS, is_image_path
+def _check_output(path: Path, is_image: bool, source: Path) -> None:
+    """Fail before any work if ``path`` cannot take an image / a video or is the input."""
+    from cvvae.io import VIDEO_WRITE_EXTENSIONS, check_not_input, is_image_path
 
+    check_not_input(path, source)
     if is_image and not is_image_path(path):
         raise UserInputError(
             f"the input is an image, so the output needs an image extension: {path}"
@@ -87,6 +107,8 @@ def _check_output(path: Path, is_image: bool) -> None:
         )
     if not path.parent.is_dir():
         raise UserInputError(f"output folder does not exist: {path}")
+    if path.is_dir():
+        raise UserInputError(f"the output is a folder, not a file: {path}")
 
 
 def _write_clip(path: Path, clip: Clip) -> None:
@@ -118,7 +140,9 @@ def encode_clip(
             z = posterior.sample(torch.Generator(device).manual_seed(seed))
         else:
             z = posterior.mean
-        return z[0].float().cpu()
+        z = z[0].float().cpu()
+    _check_finite(z, "latents")
+    return z
 
 
 def decode_clip(
@@ -131,7 +155,9 @@ def decode_clip(
         x = model.decode(
             z[None].to(device, model.dtype), num_frames=frames, height=height, width=width
         )
-        return x.sample[0].float().cpu().clamp(-1, 1)
+        x = x.sample[0].float().cpu()
+    _check_finite(x, "decoded frames")
+    return x.clamp(-1, 1)
 
 
 def _padded_frames(frames: int) -> int:
@@ -151,6 +177,19 @@ def _encoding(model: CVVAE, clip: Clip):
 def _decoding(model: CVVAE, z: torch.Tensor):
     """The frame bar of decoding latents ``z`` (None for an image)."""
     return None if z.ndim != 4 else frame_counter(model, "decode", 1 + 4 * (z.shape[1] - 1))
+
+
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    """Non-finite model outputs (NaN/Inf weights or latents, or an fp16 overflow) are an error,
+    not a file of black frames."""
+    import torch
+
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise FloatingPointError(
+            f"the model produced non-finite {what} ({bad} of {x.numel()} values); check the "
+            f"model weights and inputs, or use --dtype float32"
+        )
 
 
 # ---------------------------------------------------------------------------- latents files
@@ -195,11 +234,28 @@ def _read_latents(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
     except Exception:  # safetensors raises several exception types for damaged files
         raise UserInputError(f"not a readable safetensors file: {path}") from None
     try:
-        int(meta["height"]), int(meta["width"])
-        if meta["kind"] == "video":
-            int(meta["frames"]), Fraction(meta["fps"])
+        height, width = int(meta["height"]), int(meta["width"])
+        kind = meta["kind"]
+        frames, fps = (1, Fraction(1)) if kind == "image" else (int(meta["frames"]), None)
+        if kind == "video":
+            fps = Fraction(meta["fps"])
     except (KeyError, ValueError, ZeroDivisionError):
         raise UserInputError(f"latents file has incomplete metadata: {path}") from None
+    if kind not in ("image", "video"):
+        raise UserInputError(f"latents metadata kind={kind!r} is not image or video: {path}")
+    for key, value in (("height", height), ("width", width)):
+        if not 1 <= value <= MAX_SIZE:
+            raise UserInputError(
+                f"latents metadata {key}={value} is not in [1, {MAX_SIZE}]: {path}"
+            )
+    if frames < 1:
+        raise UserInputError(f"latents metadata frames={frames} is not >= 1: {path}")
+    if not 0 < fps <= MAX_FPS:
+        raise UserInputError(f"latents metadata fps={meta['fps']} is not in (0, {MAX_FPS}]: {path}")
+    if not z.is_floating_point():
+        raise UserInputError(f"latents have dtype {z.dtype}, expected floating point: {path}")
+    if not torch.isfinite(z).all():
+        raise UserInputError(f"latents contain NaN or infinite values: {path}")
     return z, meta
 
 
@@ -229,7 +285,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from cvvae.io import is_image_path
 
     folder, device = model_folder(args), resolve_device(args.device)
-    _check_output(args.output, is_image_path(args.input))
+    _check_output(args.output, is_image_path(args.input), args.input)
     with stages(5) as stage:
         with stage("reading"):
             clip = read_clip(args.input, args)
@@ -262,13 +318,16 @@ def cmd_encode(args: argparse.Namespace) -> None:
     """Write the latents of IN (unscaled, posterior mean or a seeded sample) to OUT.safetensors."""
     from safetensors.torch import save_file
 
-    from cvvae.io import atomic_path
+    from cvvae.io import atomic_path, check_not_input
 
     folder, device = model_folder(args), resolve_device(args.device)
-    if args.output.suffix != ".safetensors":
+    if args.output.suffix.lower() != ".safetensors":
         raise UserInputError(f"the output must end in .safetensors: {args.output}")
+    check_not_input(args.output, args.input)
     if not args.output.parent.is_dir():
         raise UserInputError(f"output folder does not exist: {args.output}")
+    if args.output.is_dir():
+        raise UserInputError(f"the output is a folder, not a file: {args.output}")
     with stages(3) as stage:
         with stage("reading"):
             clip = read_clip(args.input, args)
@@ -288,7 +347,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     folder, device = model_folder(args), resolve_device(args.device)
     z, meta = _read_latents(args.input)
     is_image = meta["kind"] == "image"
-    _check_output(args.output, is_image)
+    _check_output(args.output, is_image, args.input)
     with stages(3) as stage:
         with stage("loading"):
             model = load_model(folder, device, torch_dtype(args.dtype), args.memory_budget)
@@ -337,10 +396,10 @@ def add_clip_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("clip options (the input is read with these)")
     g.add_argument(
         "--height",
-        type=positive,
+        type=frame_size,
         help="resize to cover HEIGHTxWIDTH keeping aspect, then center-crop",
     )
-    g.add_argument("--width", type=positive, help="see --height; both or neither")
+    g.add_argument("--width", type=frame_size, help="see --height; both or neither")
     g.add_argument(
         "--frames", type=positive, help="read at most this many frames (default: to the end)"
     )
@@ -390,7 +449,7 @@ def register(sub) -> None:
     p.add_argument(
         "--sample", action="store_true", help="sample the posterior instead of taking its mean"
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed for --sample")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed for --sample")
     add_clip_options(p)
     p.set_defaults(run=cmd_encode)
 

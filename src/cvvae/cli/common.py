@@ -7,6 +7,7 @@ the parser (``cvvae --help``) stays fast.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,10 +62,16 @@ def load_model(
     import torch
 
     from cvvae.models import CVVAE
+    from cvvae.models.checkpoint import check_model_folder
 
     if not folder.is_dir():
         raise UserInputError(f"model folder not found: {folder}")
-    model = torch.nn.Module.to(CVVAE.from_pretrained(folder), device, dtype)
+    check_model_folder(folder)
+    try:
+        model = CVVAE.from_pretrained(folder)
+    except (ValueError, TypeError) as error:  # a config the checks above did not foresee
+        raise UserInputError(f"cannot build the model ({error}): {folder}") from None
+    model = torch.nn.Module.to(model, device, dtype)
     if memory_budget is not None:
         model.set_memory_budget(memory_budget)
     return model
@@ -113,8 +120,8 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
     return value
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from cvvae.cli.codec import add_clip_options, clip_size, encode_clip, read_clip
+from cvvae.cli.codec import add_clip_options, clip_size, encode_clip, read_clip, seed_type
 from cvvae.cli.common import (
     Formatter,
     add_model_options,
@@ -88,48 +88,72 @@ def _encode_source(
     shards: ShardWriter,
     rank: int,
 ) -> dict:
-    """Read, encode and store one clip; its manifest row (failed with the reason if unreadable)."""
-    import av
+    """Read, encode and store one clip; its manifest row (failed with the reason if the clip
+    cannot be read, however its decoder fails, or encodes to non-finite values)."""
     import torch
 
     from cvvae.latents.encode_dataset import clip_seed, done_row, failed_row, short_clip_reason
 
     try:
         clip = read_clip(source.path, args)
-    except (UserInputError, OSError, av.FFmpegError) as error:
-        return failed_row(source, rank, str(error) or type(error).__name__)
+    except Exception as error:  # any decoder failure is this clip's, not the run's
+        return failed_row(source, rank, _reason(error))
     reason = None if clip.is_image else short_clip_reason(clip.pixels.shape[1], args.frames)
     if reason:
         return failed_row(source, rank, reason)
     seed = clip_seed(args.seed, source.index) if args.sample else None
     try:
         z = encode_clip(model, clip, device, args.sample, seed or 0)
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
+    except (torch.OutOfMemoryError, MemoryError):
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         return failed_row(source, rank, f"out of memory encoding {tuple(clip.pixels.shape)}")
+    except FloatingPointError as error:
+        return failed_row(source, rank, str(error))
     shard = shards.add(source.key, z)
     fps = None if clip.is_image else str(clip.rate)
     return done_row(source, rank, tuple(clip.pixels.shape), fps, z, shard, seed)
 
 
+def _reason(error: BaseException) -> str:
+    import av
+
+    if isinstance(error, UserInputError | av.FFmpegError | OSError):
+        return str(error) or type(error).__name__
+    return f"{type(error).__name__}: {error}"
+
+
 def cmd_encode_dataset(args: argparse.Namespace) -> None:
-    """Encode this rank's share of LIST into OUT; skip clips the manifest already has."""
+    """Encode this rank's share of LIST into OUT; skip clips the manifest already has.
+
+    Everything is checked (list, model, options, OUT) before OUT is created."""
     import torch
 
-    from cvvae.latents.encode_dataset import DONE, Summary, pending, rank_share
-    from cvvae.latents.store import ManifestWriter, ShardWriter, merged_manifest, write_settings
+    from cvvae.latents.store import RankLock, write_settings
 
     rank, world, local_rank = _world()
     folder, device = model_folder(args), resolve_device(args.device)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
     clip_size(args)
-    sources = _sources(args.list)
+    if args.output.exists() and not args.output.is_dir():
+        raise UserInputError(f"the output must be a folder, but it is a file: {args.output}")
     if not args.output.parent.is_dir():
         raise UserInputError(f"output folder's parent does not exist: {args.output}")
-    args.output.mkdir(exist_ok=True)
+    sources = _sources(args.list)
     model = load_model(folder, device, torch_dtype(args.dtype), args.memory_budget)
-    write_settings(args.output, _settings(folder, model, args))
+    settings = _settings(folder, model, args)
+    args.output.mkdir(exist_ok=True)
+    with RankLock(args.output, rank):
+        write_settings(args.output, settings)
+        _encode_share(args, sources, model, device, rank, world, local_rank)
+
+
+def _encode_share(args, sources, model, device, rank: int, world: int, local_rank: int) -> None:
+    """Encode the clips of this rank's share that the manifest lacks, with a bar and a summary."""
+    from cvvae.latents.encode_dataset import DONE, Summary, pending, rank_share
+    from cvvae.latents.store import ManifestWriter, ShardWriter, merged_manifest
+
     share = rank_share(len(sources), rank, world)
     todo = pending(sources, share, merged_manifest(args.output), args.retry_failed)
     summary = Summary(skipped=len(share) - len(todo))
@@ -205,7 +229,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed_type,
         default=0,
         help="with --sample, clip i of LIST uses seed SEED + i (its manifest row records it)",
     )

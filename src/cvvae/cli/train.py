@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from cvvae.cli.common import Formatter
@@ -19,19 +20,29 @@ def cmd_inflate(args: argparse.Namespace) -> None:
         raise UserInputError(
             f"not a diffusers AutoencoderKL folder (no config.json): {args.image_vae}"
         )
-    if args.output.exists():
+    if args.output.exists() or args.output.is_symlink():
         raise UserInputError(f"output folder already exists: {args.output}")
+    if not args.output.parent.is_dir():
+        raise UserInputError(f"output folder's parent does not exist: {args.output}")
     try:
-        image_vae = AutoencoderKL.from_pretrained(args.image_vae)
-    except (OSError, ValueError) as error:
-        raise UserInputError(f"cannot load the image VAE ({error}): {args.image_vae}") from None
+        # a local folder only: nothing is fetched, and a .bin is read with weights_only=True
+        image_vae = AutoencoderKL.from_pretrained(args.image_vae, local_files_only=True)
+    except Exception as error:  # diffusers raises many types for missing or damaged files
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserInputError(f"cannot load the image VAE ({first}): {args.image_vae}") from None
     try:
         model = inflate_from_image_vae(image_vae, fold_post_quant_conv=args.fold_post_quant_conv)
     except ValueError as error:
         raise UserInputError(f"{error}: {args.image_vae}") from None
     tmp = args.output.with_name(f".{args.output.name}.tmp")
-    model.save_pretrained(tmp)
-    tmp.rename(args.output)
+    if tmp.exists():  # left by a killed run
+        shutil.rmtree(tmp)
+    try:
+        model.save_pretrained(tmp)
+        tmp.rename(args.output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     print(
         f"inflated {args.image_vae} into {args.output} "
         f"(post_quant_conv {'kept as a layer' if model.config.use_post_quant_conv else 'folded'})"

@@ -9,12 +9,17 @@ one of two layouts:
   ``up_blocks`` numbered from the lowest resolution.
 
 Loading is strict: missing, unexpected or mis-shaped keys raise an error naming them.
+Configs are checked field by field (:func:`validate_model_config`, :func:`check_model_folder`)
+before a model is built, so a bad value is one error naming the key, the value and the file.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -57,15 +62,98 @@ def _check_required(config: Mapping, required: Mapping, source: str) -> None:
             )
 
 
+def _bad(key: str, value: object, expected: str, source: str) -> UserInputError:
+    return UserInputError(f"config value {key}={value!r} is not {expected}: {source}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(config: Mapping, key: str, source: str) -> None:
+    if key in config and not (_is_int(config[key]) and config[key] >= 1):
+        raise _bad(key, config[key], "a positive integer", source)
+
+
+def validate_model_config(config: Mapping, source: str) -> None:
+    """Check the fields of one of our model configs that are present (absent ones take the
+    constructor's defaults). Raises :class:`UserInputError` naming the key, value and file."""
+    for key in ("in_channels", "out_channels", "latent_channels", "layers_per_block"):
+        _positive_int(config, key, source)
+    _positive_int(config, "norm_num_groups", source)
+    if "block_out_channels" in config:
+        channels = config["block_out_channels"]
+        if not (
+            isinstance(channels, list | tuple)
+            and len(channels) == 4
+            and all(_is_int(c) and c >= 1 for c in channels)
+        ):
+            raise _bad("block_out_channels", channels, "4 positive integers", source)
+        groups = config.get("norm_num_groups", 32)
+        if any(c % groups for c in channels):
+            raise UserInputError(
+                f"config value block_out_channels={list(channels)} is not divisible by "
+                f"norm_num_groups={groups}: {source}"
+            )
+    for key in ("norm_eps", "scaling_factor"):
+        if key in config and not (_is_number(config[key]) and config[key] > 0):
+            raise _bad(key, config[key], "a finite number > 0", source)
+    if "dropout" in config and not (_is_number(config["dropout"]) and 0 <= config["dropout"] < 1):
+        raise _bad("dropout", config["dropout"], "a number in [0, 1)", source)
+    shift = config.get("shift_factor")
+    if shift is not None and not _is_number(shift):
+        raise _bad("shift_factor", shift, "a finite number or null", source)
+    for key in ("mid_attention", "decoder_temporal_attention", "use_post_quant_conv"):
+        if key in config and not isinstance(config[key], bool):
+            raise _bad(key, config[key], "true or false", source)
+    if config.get("padding_mode", "zeros") not in ("zeros", "replicate"):
+        raise _bad("padding_mode", config["padding_mode"], "'zeros' or 'replicate'", source)
+    if config.get("state_dict_layout", "ldm") not in LAYOUTS:
+        raise _bad("state_dict_layout", config["state_dict_layout"], f"one of {LAYOUTS}", source)
+
+
+def check_model_folder(folder: str | Path) -> None:
+    """Check a model folder's ``config.json`` before building anything: a JSON object whose
+    fields (released or ours) are valid. Raises :class:`UserInputError` naming the file."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise UserInputError(f"model folder has no config.json: {folder}")
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"unreadable model config ({error}): {path}") from None
+    if not isinstance(raw, dict):
+        raise UserInputError(f"model config must be a JSON object, got {raw!r:.40}: {path}")
+    if raw.get("_class_name") in ("CVVAEModel", "CVVAESD3Model"):
+        config_from_released(raw, str(path))
+    else:
+        validate_model_config(raw, str(path))
+
+
 def config_from_released(config: Mapping, source: str) -> dict:
     """Translate a released ``config.json`` (``CVVAEModel`` / ``CVVAESD3Model``) to our config.
 
     Runtime settings of the released code (tile sizes, frame chunking) are not model config
-    here and are dropped.
+    here and are dropped. Raises :class:`UserInputError` naming a bad field.
     """
+    ours = _translate_released(config, source)
+    validate_model_config(ours, source)
+    return ours
+
+
+def _translate_released(config: Mapping, source: str) -> dict:
     class_name = config.get("_class_name")
     if class_name == "CVVAEModel":
         _check_required(config, _SD21_REQUIRED, source)
+        for key in ("ch", "z_channels", "num_res_blocks", "in_channels", "out_ch"):
+            _positive_int(config, key, source)
+        mult = config.get("ch_mult", [1, 2, 4, 4])
+        if not (isinstance(mult, list) and all(_is_int(m) and m >= 1 for m in mult)):
+            raise _bad("ch_mult", mult, "a list of positive integers", source)
         enc_attn = config.get("encoder_attn_type", "vanilla-xformers")
         dec_attn = config.get("decoder_attn_type", "spatial-temporal-xformer")
         if enc_attn not in (*_SPATIAL_ATTENTION, "none"):
@@ -95,8 +183,14 @@ def config_from_released(config: Mapping, source: str) -> dict:
         }
     if class_name == "CVVAESD3Model":
         _check_required(config, _SD3_REQUIRED, source)
+        channels = config.get("block_out_channels", [128, 256, 512, 512])
+        if not isinstance(channels, list):
+            raise _bad("block_out_channels", channels, "a list of 4 positive integers", source)
         for kind in ("down_block_types", "up_block_types"):
-            names = set(config.get(kind, []))
+            names = config.get(kind, [])
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise _bad(kind, names, "a list of block names", source)
+            names = set(names)
             if names - {"DownEncoderBlock3D", "UpDecoderBlock3D"}:
                 raise UserInputError(f"unsupported {kind}={sorted(names)} in {source}")
         return {
@@ -198,6 +292,9 @@ def from_layout(
         if key not in checkpoint:
             continue
         tensor = checkpoint[key]
+        if not tensor.is_floating_point():
+            problems.append(f"key {key} has dtype {tensor.dtype}, expected a floating point type")
+            continue
         want = layout_shape(ours, expected[ours].shape, layout)
         if tuple(tensor.shape) != want:
             problems.append(f"key {key} has shape {list(tensor.shape)}, expected {list(want)}")

@@ -8,6 +8,7 @@ plus top-level run settings). Unknown keys, wrong types and impossible values ra
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,19 @@ from cvvae.errors import UserInputError
 PSI_MODES = ("first", "slice", "mean", "random")
 DISTANCES = ("l1", "l2")
 PRECISIONS = ("no", "fp16", "bf16")
+# Accelerate's experiment trackers; each but TensorBoard needs its package installed.
+TRACKERS = (
+    "tensorboard",
+    "wandb",
+    "mlflow",
+    "comet_ml",
+    "aim",
+    "clearml",
+    "dvclive",
+    "swanlab",
+    "trackio",
+)
+MAX_SEED = 2**32 - 1  # NumPy's seed range
 
 
 @dataclass
@@ -108,7 +122,9 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     """A whole training run. ``resume``: ``auto`` (latest valid checkpoint in ``output_dir``,
-    if any), ``none``, or a checkpoint folder. Step counts are optimizer steps."""
+    if any), ``none``, or a checkpoint folder. Step counts are optimizer steps. ``log_with``
+    names the experiment tracker (Accelerate's: ``tensorboard``, ``wandb``, ``mlflow``, ...;
+    every one but TensorBoard must be installed separately)."""
 
     output_dir: str = "runs/cvvae"
     seed: int = 0
@@ -122,6 +138,7 @@ class TrainConfig:
     image_log_every: int = 1000
     num_val_clips: int = 2
     max_nonfinite: int = 10
+    log_with: str = "tensorboard"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -132,23 +149,48 @@ def load_config(
     path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
     """Read a YAML config (or start from defaults when ``path`` is None), apply ``key=value``
-    overrides (dotted keys, YAML values: ``data.batch_size=4``, ``loss.psi=mean``), validate."""
+    overrides (dotted keys, YAML values: ``data.batch_size=4``, ``loss.psi=mean``), validate.
+
+    Every problem raises :class:`UserInputError` with one line naming the key, the value and
+    the file."""
     raw: dict = {}
+    where = "" if path is None else f": {path}"
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise UserInputError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise UserInputError(f"config is not UTF-8 text (byte {error.start}): {path}") from None
+        raw = _parse_yaml(text, f"config is not valid YAML{{}}: {path}")
+        if raw is None:
+            raw = {}
         if not isinstance(raw, dict):
             raise UserInputError(f"config must be a YAML mapping: {path}")
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UserInputError(f"override must look like key=value: {item!r}")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
-    config = _build(TrainConfig, raw, "")
-    validate(config)
+        parsed = _parse_yaml(value, f"override {item!r}: the value is not valid YAML{{}}")
+        _set_dotted(raw, key.strip(), parsed)
+    try:
+        config = _build(TrainConfig, raw, "")
+        validate(config)
+    except UserInputError as error:
+        raise UserInputError(f"{error}{where}") from None
     return config
+
+
+def _parse_yaml(text: str, message: str) -> object:
+    """``yaml.safe_load(text)``; a syntax error raises UserInputError with ``message`` (``{}``
+    becomes the position)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise UserInputError(message.format(at)) from None
 
 
 def config_to_dict(config: TrainConfig) -> dict:
@@ -162,8 +204,12 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 
 def validate(config: TrainConfig) -> None:
-    """Check values that types alone cannot; raise UserInputError naming the key."""
+    """Check values that types alone cannot; raise UserInputError naming the key and value."""
     m, d, lo, o = config.model, config.data, config.loss, config.optim
+    for key, value in _floats(config, ""):
+        _require(math.isfinite(value), f"{key} must be a finite number, got {value!r}")
+    _require(0 <= config.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {config.seed}")
+    _require(config.log_with in TRACKERS, f"log_with must be one of {TRACKERS}")
     _require(
         (m.image_vae is None) != (m.image_vae_init is None),
         "model: set exactly one of image_vae (a folder) and image_vae_init (random init)",
@@ -214,8 +260,15 @@ def validate(config: TrainConfig) -> None:
         lo.disc_channels % lo.disc_norm_groups == 0,
         "loss.disc_channels must be divisible by loss.disc_norm_groups",
     )
-    _require(o.lr > 0 and o.disc_lr > 0, "optim.lr and optim.disc_lr must be > 0")
-    _require(len(o.betas) == 2, "optim.betas must have two values")
+    _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _require(o.disc_lr > 0, f"optim.disc_lr must be > 0, got {o.disc_lr}")
+    _require(
+        len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas),
+        f"optim.betas must be two values in [0, 1), got {o.betas}",
+    )
+    _require(o.eps > 0, f"optim.eps must be > 0, got {o.eps}")
+    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _require(lo.gan_start >= 0, f"loss.gan_start must be >= 0, got {lo.gan_start}")
     _require(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
     _require(0.0 <= o.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)")
     _require(o.warmup_steps >= 0 and o.grad_clip >= 0, "optim.warmup_steps/grad_clip must be >= 0")
@@ -235,6 +288,20 @@ def validate(config: TrainConfig) -> None:
         config.num_val_clips >= 0 and config.max_nonfinite >= 0,
         "num_val_clips and max_nonfinite must be >= 0",
     )
+
+
+def _floats(node: object, prefix: str) -> typing.Iterator[tuple[str, float]]:
+    """``(dotted key, value)`` of every float in a config, lists included."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            child = f"{prefix}{f.name}" + ("." if dataclasses.is_dataclass(value) else "")
+            yield from _floats(value, child)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _floats(item, prefix)
+    elif isinstance(node, float):
+        yield prefix, node
 
 
 def _require(condition: bool, message: str) -> None:

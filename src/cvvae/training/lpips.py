@@ -1,14 +1,21 @@
 """LPIPS (VGG16 variant) without torchvision: our own VGG16 feature stack plus the linear heads.
 
-Weights live in one safetensors file with keys ``vgg.convs.{i}.weight|bias`` (the 13 VGG16 conv
-layers in order) and ``lins.{k}.weight`` (the 5 linear heads, shape ``(1, C_k, 1, 1)``).
-:func:`convert_lpips_weights` builds that file's tensors from the two usual downloads:
-torchvision's ``vgg16`` ImageNet state dict (``features.{n}.weight``) and the LPIPS repository's
-``vgg.pth`` linear layers (``lin{k}.model.1.weight``); see ``docs/training.md``.
+:func:`load_lpips` takes one local file, either
+
+- a combined safetensors file with keys ``vgg.convs.{i}.weight|bias`` (the 13 VGG16 conv layers
+  in order) and ``lins.{k}.weight`` (the 5 linear heads, shape ``(1, C_k, 1, 1)``), or
+- torchvision's ``vgg16`` ImageNet weights alone (``features.{n}.weight|bias``, as
+  ``vgg16-397923af.pth`` or safetensors); the linear heads then come from the installed
+  ``lpips`` package (``pip install lpips``), which ships them as ``weights/v0.1/vgg.pth``.
+
+``.pth`` files are read with ``torch.load(weights_only=True)``: tensors only, no code.
+:func:`convert_lpips_weights` builds the combined tensors from the two parts; see
+``docs/training.md``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -75,17 +82,50 @@ def _unit_channels(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
 
 
 def load_lpips(path: str | Path) -> LPIPS:
-    """Frozen, eval-mode LPIPS from a safetensors file in the layout above."""
+    """Frozen, eval-mode LPIPS from a combined file, or from VGG16 backbone weights plus the
+    heads of the installed ``lpips`` package (see the module docstring)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"LPIPS weights not found: {path}")
+    state = read_weights(path)
+    if any(k.startswith("features.") for k in state):
+        state = convert_lpips_weights(state, read_weights(package_heads_path(), "LPIPS heads"))
     model = LPIPS()
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserInputError(
             f"LPIPS weights {path}: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}"
         )
     return model.requires_grad_(False).eval()
+
+
+def read_weights(path: Path, what: str = "LPIPS weights") -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or of a ``torch.save`` file read with
+    ``weights_only=True``; UserInputError naming the file otherwise."""
+    if not path.is_file():
+        raise UserInputError(f"{what} not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # both loaders raise several types for damaged or refused files
+        raise UserInputError(
+            f"{what}: not a safetensors or plain tensor file (nothing else is loaded): {path}"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserInputError(f"{what}: not a state dict of tensors: {path}")
+    return state
+
+
+def package_heads_path() -> Path:
+    """The VGG linear heads shipped by the installed ``lpips`` package (not imported: it needs
+    torchvision). Raises UserInputError if it is not installed."""
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserInputError(
+            "loss.lpips_path holds the VGG16 backbone only; its linear heads come from the "
+            "lpips package, which is not installed (pip install lpips --no-deps)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "weights" / "v0.1" / "vgg.pth"
 
 
 def convert_lpips_weights(
@@ -99,10 +139,16 @@ def convert_lpips_weights(
     out = {}
     for i, n in enumerate(_TORCHVISION_CONV_INDEX):
         for kind in ("weight", "bias"):
-            out[f"vgg.convs.{i}.{kind}"] = vgg_state[f"features.{n}.{kind}"].float().contiguous()
+            out[f"vgg.convs.{i}.{kind}"] = _take(vgg_state, f"features.{n}.{kind}")
     for k in range(len(_STAGES)):
-        out[f"lins.{k}.weight"] = lin_state[f"lin{k}.model.1.weight"].float().contiguous()
+        out[f"lins.{k}.weight"] = _take(lin_state, f"lin{k}.model.1.weight")
     return out
+
+
+def _take(state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in state:
+        raise UserInputError(f"LPIPS weights: missing key {key}")
+    return state[key].float().contiguous()
 
 
 def save_lpips_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:

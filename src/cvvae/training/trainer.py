@@ -15,6 +15,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -46,7 +47,8 @@ logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when more than ``max_nonfinite`` steps had a NaN or infinite loss."""
+    """Raised when more than ``max_nonfinite`` steps had a NaN or infinite loss, or when the
+    model to export has non-finite parameters (nothing is exported then)."""
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -70,22 +72,52 @@ def load_image_vae(config: TrainConfig) -> AutoencoderKL:
     """The frozen image VAE: from a local folder, or randomly initialised (seeded) for toy runs."""
     m = config.model
     if m.image_vae is None:
-        with torch.random.fork_rng():
-            torch.manual_seed(config.seed)
-            vae = AutoencoderKL(**m.image_vae_init)
-    else:
         try:
-            vae = AutoencoderKL.from_pretrained(m.image_vae, subfolder=m.image_vae_subfolder)
-        except (OSError, ValueError) as err:
-            raise UserInputError(f"cannot load image VAE from {m.image_vae}: {err}") from None
+            with torch.random.fork_rng():
+                torch.manual_seed(config.seed)
+                vae = AutoencoderKL(**m.image_vae_init)
+        except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as err:
+            raise UserInputError(
+                f"model.image_vae_init does not make an AutoencoderKL ({_first_line(err)})"
+            ) from None
+    else:
+        if not Path(m.image_vae).is_dir():
+            raise UserInputError(f"model.image_vae folder not found: {m.image_vae}")
+        try:
+            # a local folder only; diffusers reads a .bin with torch.load(weights_only=True)
+            vae = AutoencoderKL.from_pretrained(
+                m.image_vae, subfolder=m.image_vae_subfolder, local_files_only=True
+            )
+        except Exception as err:  # diffusers raises many types for missing or damaged files
+            raise UserInputError(
+                f"cannot load the image VAE ({_first_line(err)}): {m.image_vae}"
+            ) from None
     return vae.requires_grad_(False).eval()
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def build_video_vae(config: TrainConfig, image_vae: AutoencoderKL) -> CVVAE:
-    """The video VAE to train: ``init_from`` a saved CV-VAE, or inflated from the image VAE."""
-    if config.model.init_from is not None:
-        return CVVAE.from_pretrained(config.model.init_from)
-    return inflate_from_image_vae(image_vae)
+    """The video VAE to train: ``init_from`` a saved CV-VAE, or inflated from the image VAE.
+    Raises UserInputError if ``init_from`` does not share the image VAE's latent space shape."""
+    source = config.model.init_from
+    if source is None:
+        try:
+            return inflate_from_image_vae(image_vae)
+        except ValueError as err:
+            raise UserInputError(f"cannot inflate the image VAE: {err}") from None
+    if not Path(source).is_dir():
+        raise UserInputError(f"model.init_from folder not found: {source}")
+    vae = CVVAE.from_pretrained(source)
+    want, got = image_vae.config.latent_channels, vae.config.latent_channels
+    if want != got:
+        raise UserInputError(
+            f"model.init_from has {got} latent channels but the image VAE has {want}: {source}"
+        )
+    return vae
 
 
 class AutoencoderStep(nn.Module):
@@ -122,9 +154,10 @@ class Trainer:
         self.out = Path(config.output_dir)
         # Accelerate treats torchrun's processes as one CPU job each unless told to use the CPU.
         multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+        check_tracker(config.log_with)
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
-            log_with="tensorboard",
+            log_with=config.log_with,
             project_dir=str(self.out),
             cpu=multi_cpu,
         )
@@ -206,7 +239,13 @@ class Trainer:
             "sched_disc": self.sched_disc.state_dict(),
             "nonfinite": self.nonfinite,
             "skipped": self.skipped,
+            # the fp16 loss scale and its growth counter; empty without fp16
+            "scaler": self._scaler_state(),
         }
+
+    def _scaler_state(self) -> dict:
+        scaler = self.accelerator.scaler
+        return scaler.state_dict() if scaler is not None else {}
 
     def _resume(self) -> None:
         resume = self.config.resume
@@ -221,6 +260,22 @@ class Trainer:
             if not ckpt.is_complete(path):
                 raise UserInputError(f"not a complete checkpoint: {path}")
         state, rank_state = ckpt.load_checkpoint(path, self.accelerator.process_index)
+        try:
+            self._load_state(state)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+            differ = ckpt.config_differences(path, self.config)
+            why = (
+                f"written with other settings: {', '.join(differ)}" if differ else _first_line(err)
+            )
+            raise UserInputError(
+                f"the checkpoint does not fit this run ({why}); use a new output_dir or "
+                f"resume=none: {path}"
+            ) from None
+        if rank_state is not None:
+            ckpt.restore_rng(rank_state)
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    def _load_state(self, state: dict) -> None:
         self.vae.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.accelerator.unwrap_model(self.disc).load_state_dict(state["disc"])
@@ -228,14 +283,19 @@ class Trainer:
         self.opt_disc.load_state_dict(state["opt_disc"])
         self.sched_ae.load_state_dict(state["sched_ae"])
         self.sched_disc.load_state_dict(state["sched_disc"])
+        scaler, saved = self.accelerator.scaler, state.get("scaler")
+        if saved is None:  # a checkpoint of a version that did not save the loss scaler
+            if scaler is not None and scaler.is_enabled():
+                logger.warning("the checkpoint has no fp16 loss scale; it starts afresh")
+        elif (scaler is not None and scaler.is_enabled()) != bool(saved):
+            raise ValueError("mixed_precision differs (fp16 loss scaler state)")
+        elif saved:
+            scaler.load_state_dict(saved)
         self.step, self.nonfinite, self.skipped = (
-            state["step"],
-            state["nonfinite"],
-            state["skipped"],
+            int(state["step"]),
+            int(state["nonfinite"]),
+            int(state["skipped"]),
         )
-        if rank_state is not None:
-            ckpt.restore_rng(rank_state)
-        logger.info("resumed from %s at step %d", path, self.step)
 
     def save_checkpoint(self) -> None:
         """Write a checkpoint of the current step (every process takes part)."""
@@ -244,20 +304,25 @@ class Trainer:
             ckpt.begin_checkpoint(root, self.step)
         acc.wait_for_everyone()
         tmp = root / f"{ckpt.checkpoint_name(self.step)}.tmp"
-        ckpt.write_rank_state(tmp, acc.process_index, ckpt.capture_rng())
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            ckpt.finish_checkpoint(tmp, self._state(), self.config, self.config.keep_checkpoints)
+        try:
+            ckpt.write_rank_state(tmp, acc.process_index, ckpt.capture_rng())
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                ckpt.finish_checkpoint(
+                    tmp, self._state(), self.config, self.config.keep_checkpoints
+                )
+        except BaseException:  # a full disk, Ctrl-C, SIGTERM: leave no half checkpoint
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ one step
     def _generator(self, micro: int) -> torch.Generator:
         g = torch.Generator(self.accelerator.device)
         c = self.config
-        g.manual_seed(
-            ((c.seed * 1_000_003 + self.accelerator.process_index) * 1_000_003 + self.step) * 64
-            + micro
-        )
+        key = ((c.seed * 1_000_003 + self.accelerator.process_index) * 1_000_003 + self.step) * 64
+        g.manual_seed((key + micro) % 2**64)  # the generator takes 64 bits
         return g
 
     def _ae_losses(
@@ -390,8 +455,14 @@ class Trainer:
             for v in pair
         ]
         grid = (torch.cat(rows, dim=-2) + 1) / 2
-        writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
-        writer.add_image("val/reconstruction", grid.cpu(), self.step)
+        if self.config.log_with == "tensorboard":
+            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+            writer.add_image("val/reconstruction", grid.cpu(), self.step)
+            return
+        tracker = self.accelerator.get_tracker(self.config.log_with)
+        if hasattr(tracker, "log_images"):  # trackers without images get the losses only
+            image = grid.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+            tracker.log_images({"val/reconstruction": [image]}, step=self.step)
 
     # ------------------------------------------------------------------ the run
     def run(self, stop_after: int | None = None) -> Path | None:
@@ -402,7 +473,9 @@ class Trainer:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(c, self.out / "config.yaml")
-        acc.init_trackers("tensorboard", config=_flat(config_to_dict(c)))
+        # TensorBoard logs go to <output_dir>/tensorboard; other trackers get a "cvvae" project
+        project = "tensorboard" if c.log_with == "tensorboard" else "cvvae"
+        acc.init_trackers(project, config=_flat(config_to_dict(c)))
         plan = BatchPlan(
             len(self.dataset.files["video"]),
             len(self.dataset.files["image"]),
@@ -464,12 +537,29 @@ class Trainer:
 
     def _export(self) -> Path:
         acc, target = self.accelerator, self.out / "model"
+        bad = [n for n, p in self.ema.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            acc.end_training()
+            raise NonFiniteLossError(
+                f"the trained model has non-finite parameters ({len(bad)} tensors, e.g. {bad[0]}); "
+                f"nothing exported. Lower the learning rate or use fp32."
+            )
         if acc.is_main_process:
             self.ema.save_pretrained(target)
             save_config(self.config, target / "train_config.yaml")
         acc.wait_for_everyone()
         acc.end_training()
         return target
+
+
+def check_tracker(name: str) -> None:
+    """Raise UserInputError if the experiment tracker ``name`` is not installed."""
+    from accelerate.tracking import get_available_trackers
+
+    if name not in {str(getattr(t, "value", t)) for t in get_available_trackers()}:
+        raise UserInputError(
+            f"log_with={name}: that tracker's package is not installed (pip install {name})"
+        )
 
 
 def train(config: TrainConfig) -> Path:
