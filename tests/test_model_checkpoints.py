@@ -32,6 +32,20 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, layout, padding):
         assert torch.equal(model(x).sample, loaded(x).sample)
 
 
+def test_half_precision_weights_load_as_float32_unless_asked(tmp_path):
+    """As diffusers' AutoencoderKL: stored dtype is not the model's dtype (the bundled model
+    ships float16 weights)."""
+    model = CVVAE(**TINY)
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v.half() for k, v in load_file(str(weights)).items()}, str(weights))
+    loaded = CVVAE.from_pretrained(tmp_path / "m")
+    assert loaded.dtype == torch.float32
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, model.state_dict()[name].half().float()), name
+    assert CVVAE.from_pretrained(tmp_path / "m", torch_dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
 def test_released_folder_resaves_and_reloads(tmp_path, reference_dir):
     model = CVVAE.from_pretrained(reference_dir / "cvvae_sd3_tiny")
     model.save_pretrained(tmp_path / "m")

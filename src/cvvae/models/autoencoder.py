@@ -292,7 +292,8 @@ class CVVAE(TilingSettings, ModelMixin, AutoencoderMixin, ConfigMixin):
         """Load a local folder or a Hub repo (``subfolder`` e.g. ``"vae3d"``): a released CV-VAE
         folder (``CVVAEModel`` / ``CVVAESD3Model``) or one saved by :meth:`save_pretrained`.
 
-        Takes diffusers' arguments: ``torch_dtype``, ``variant``, ``device_map`` (one device),
+        Takes diffusers' arguments: ``torch_dtype`` (default float32, whatever the weights'
+        dtype, as diffusers does), ``variant``, ``device_map`` (one device),
         ``output_loading_info`` and the Hub ones (``revision``, ``cache_dir``, ``token``, ...);
         others raise ``ValueError`` when set (see :mod:`cvvae.models.loading`). A name that is
         not a local folder goes to the Hub only if it can be a repo id, and a failure says so.
@@ -306,9 +307,9 @@ class CVVAE(TilingSettings, ModelMixin, AutoencoderMixin, ConfigMixin):
             if not path.is_file():
                 raise UserInputError(f"model folder has no {path.name}: {folder}")
         model = load_model(cls, config_path, weights_path)
-        dtype = local.get("torch_dtype")
-        if dtype is not None or device is not None:
-            model = torch.nn.Module.to(model, device, dtype)  # ModelMixin.to warns on every cast
+        # like diffusers: weights stored in half precision load as float32 unless asked otherwise
+        dtype = local.get("torch_dtype") or torch.get_default_dtype()
+        model = torch.nn.Module.to(model, device, dtype)  # ModelMixin.to warns on every cast
         model = model.eval()
         if local.get("output_loading_info"):
             empty: list[str] = []
