@@ -1,5 +1,6 @@
 """The cvvae command line: round trips, printed metrics, and one-line errors with no output."""
 
+import logging
 import subprocess
 import sys
 from fractions import Fraction
@@ -320,17 +321,40 @@ def test_real_process_exit_code_and_stderr(tmp_path, small_clip, model_dir):
     assert result.stdout == "" and not out.exists()
 
 
-def test_reconstruct_without_model_uses_the_bundled_model(tmp_path, capsys, monkeypatch):
+def test_reconstruct_without_model_uses_the_bundled_model_at_its_scale(
+    tmp_path, capsys, caplog, monkeypatch
+):
     from cvvae.cli import common
+    from cvvae.io import read_video
 
     bundled = common.default_model_path()
-    SMALL = ["--frames", "9", "--height", "72", "--width", "128"]  # the size it was trained at
     assert bundled is not None and (bundled / "config.json").is_file()
     clip = Path(common.__file__).resolve().parents[1] / "assets" / "clip.mp4"
-    code, out, _ = run(capsys, "reconstruct", str(clip), str(tmp_path / "r.mp4"), *SMALL)
+    _, info = read_video(clip, num_frames=1)
+    source = tmp_path / "large.mp4"  # the clip at twice its size: the bundled model shrinks it
+    frames, _ = read_video(clip, num_frames=9, size=(2 * info.height, 2 * info.width))
+    write_video(source, frames, info.rate)
+    with caplog.at_level(logging.INFO, logger="cvvae"):
+        code, out, _ = run(capsys, "reconstruct", str(source), str(tmp_path / "r.mp4"))
     assert code == 0 and str(bundled) in out and "PSNR" in out
+    assert "trained on frames with a 128-pixel short side" in caplog.text
+    written, _ = read_video(tmp_path / "r.mp4")
+    scale = common.BUNDLED_SHORT_SIDE / min(info.height, info.width)
+    assert written.shape[-2:] == (round(info.height * scale), round(info.width * scale))
     psnr_db = float(out.split("PSNR ")[1].split(" dB")[0])
-    assert psnr_db > 20  # a trained model, not noise
+    assert psnr_db > 22  # a trained model at the scale it knows, not noise
+    # an explicit size wins
+    code, _, _ = run(
+        capsys,
+        "reconstruct",
+        str(source),
+        str(tmp_path / "e.mp4"),
+        "--height",
+        "64",
+        "--width",
+        "64",
+    )
+    assert code == 0 and read_video(tmp_path / "e.mp4")[0].shape[-2:] == (64, 64)
     monkeypatch.setattr(common, "default_model_path", lambda: None)
-    code, _, err = run(capsys, "reconstruct", str(clip), str(tmp_path / "s.mp4"))
+    code, _, err = run(capsys, "reconstruct", str(source), str(tmp_path / "s.mp4"))
     assert code == 2 and "no --model given and no bundled model installed" in err

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cvvae.cli.common import (
+    BUNDLED_SHORT_SIDE,
     Formatter,
     add_model_options,
     default_model_path,
@@ -26,6 +28,8 @@ from cvvae.cli.common import (
 )
 from cvvae.cli.progress import frame_counter, stages
 from cvvae.errors import UserInputError
+
+logger = logging.getLogger("cvvae")
 
 if TYPE_CHECKING:
     import torch
@@ -82,6 +86,8 @@ def read_clip(path: Path, args: argparse.Namespace) -> Clip:
     from cvvae.io import is_image_path, read_image, read_video
 
     size = clip_size(args)
+    if size is None and getattr(args, "model", "") is None:
+        size = _bundled_size(path)
     if is_image_path(path):
         if args.frames is not None or args.start != 0 or args.stride != 1:
             raise UserInputError(f"--frames, --start and --stride apply to videos only: {path}")
@@ -90,6 +96,28 @@ def read_clip(path: Path, args: argparse.Namespace) -> Clip:
     if not info.rate:
         raise UserInputError(f"video has no frame rate: {path}")
     return Clip(video, info.rate / args.stride)
+
+
+def _bundled_size(path: Path) -> tuple[int, int]:
+    """The size the bundled model reads ``path`` at when no --height/--width is given: the
+    source's aspect with a BUNDLED_SHORT_SIDE short side, the scale it was trained at."""
+    from cvvae.io import is_image_path, read_image, read_video
+
+    if is_image_path(path):
+        height, width = read_image(path).shape[-2:]
+    else:
+        _, info = read_video(path, num_frames=1)
+        height, width = info.height, info.width
+    scale = BUNDLED_SHORT_SIDE / min(height, width)
+    size = (round(height * scale), round(width * scale))
+    logger.info(
+        "the bundled model was trained on frames with a %d-pixel short side: reading %s at "
+        "%dx%d (--height/--width choose another size)",
+        BUNDLED_SHORT_SIDE,
+        path.name,
+        *size,
+    )
+    return size
 
 
 def _check_output(path: Path, is_image: bool, source: Path) -> None:
@@ -219,6 +247,7 @@ def _latents_metadata(
 
 def _read_latents(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
     """Latents and metadata written by ``cvvae encode``; UserInputError if it is anything else."""
+    import torch
     from safetensors import safe_open
 
     if not path.is_file():
@@ -397,7 +426,9 @@ def add_clip_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--height",
         type=frame_size,
-        help="resize to cover HEIGHTxWIDTH keeping aspect, then center-crop",
+        help="resize to cover HEIGHTxWIDTH keeping aspect, then center-crop (default: the "
+        f"source size; with the bundled model, the source's aspect at a {BUNDLED_SHORT_SIDE}-pixel "
+        "short side)",
     )
     g.add_argument("--width", type=frame_size, help="see --height; both or neither")
     g.add_argument(

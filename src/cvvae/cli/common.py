@@ -28,6 +28,9 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+BUNDLED_SHORT_SIDE = 128  # the bundled model saw frames this size on the short side (MODEL_CARD.md)
+
+
 def default_model_path() -> Path | None:
     """The model folder used when ``--model`` is not given: the bundled small CV-VAE
     (``cvvae/assets/model``, see ``assets/MODEL_CARD.md``), or None when it is not installed."""
@@ -153,7 +156,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--model",
         type=Path,
         help="model folder (config.json + diffusion_pytorch_model.safetensors); "
-        "a released CV-VAE folder or one saved by cvvae. Default: the bundled model, if installed",
+        "a released CV-VAE folder or one saved by cvvae. Default: the bundled model, if installed "
+        f"(trained on frames with a {BUNDLED_SHORT_SIDE}-pixel short side: inputs are read at that "
+        "scale unless --height/--width say otherwise)",
     )
     add_device_options(p)
     p.add_argument(
