@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?=
 CLIP ?= src/cvvae/assets/clip.mp4
+IMAGE_VAE ?= src/cvvae/assets/image_vae
 
 .PHONY: setup demo test test-all lint
 
@@ -16,8 +17,11 @@ $(BIN)/cvvae: pyproject.toml
 setup: $(BIN)/cvvae
 
 demo: setup
-	mkdir -p out
-	$(BIN)/cvvae reconstruct $(CLIP) out/clip_reconstruction.mp4 --height 72 --width 128 $(if $(MODEL),--model $(MODEL))
+	mkdir -p out/demo
+	$(BIN)/cvvae reconstruct $(CLIP) out/demo/reconstruction.mp4 $(if $(MODEL),--model $(MODEL))
+	$(BIN)/cvvae evaluate --model cv-vae=$(or $(MODEL),src/cvvae/assets/model) \
+		--image-vae $(IMAGE_VAE) --baselines --videos $(CLIP) --frames 33 --height 128 --width 168 \
+		--out out/demo
 
 test: setup
 	$(BIN)/pytest
