@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -154,7 +155,7 @@ def test_os_failures_while_writing_are_one_line_and_leave_nothing(
         Path(filename).write_bytes(b"half")  # a partly written temporary file
         raise OSError(number, os.strerror(number), filename)
 
-    monkeypatch.setattr(codec, "save_file", fail)
+    monkeypatch.setattr(safetensors.torch, "save_file", fail)  # the encode command's writer
     output = tmp_path / "z.safetensors"
     code, err = run(capsys, "encode", image, output, "--model", model_dir)
     assert code == 2

@@ -78,5 +78,5 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     exported = tmp_path / "run" / "model" / "diffusion_pytorch_model.safetensors"
     assert (
         exported.is_file()
-        and (tmp_path / "run" / "checkpoints" / "step-00000003" / "rng-1.pt").is_file()
+        and (tmp_path / "run" / "checkpoints" / "step-00000003" / "rng-1.safetensors").is_file()
     )

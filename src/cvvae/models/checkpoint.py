@@ -148,68 +148,78 @@ def config_from_released(config: Mapping, source: str) -> dict:
 def _translate_released(config: Mapping, source: str) -> dict:
     class_name = config.get("_class_name")
     if class_name == "CVVAEModel":
-        _check_required(config, _SD21_REQUIRED, source)
-        for key in ("ch", "z_channels", "num_res_blocks", "in_channels", "out_ch"):
-            _positive_int(config, key, source)
-        mult = config.get("ch_mult", [1, 2, 4, 4])
-        if not (isinstance(mult, list) and all(_is_int(m) and m >= 1 for m in mult)):
-            raise _bad("ch_mult", mult, "a list of positive integers", source)
-        enc_attn = config.get("encoder_attn_type", "vanilla-xformers")
-        dec_attn = config.get("decoder_attn_type", "spatial-temporal-xformer")
-        if enc_attn not in (*_SPATIAL_ATTENTION, "none"):
-            raise UserInputError(f"unsupported encoder_attn_type={enc_attn!r} in {source}")
-        if dec_attn not in (*_SPATIAL_ATTENTION, "spatial-temporal-xformer", "none"):
-            raise UserInputError(f"unsupported decoder_attn_type={dec_attn!r} in {source}")
-        if (enc_attn == "none") != (dec_attn == "none"):
-            raise UserInputError(
-                f"encoder and decoder must both have or both lack attention in {source}"
-            )
-        ch = config.get("ch", 128)
-        return {
-            "in_channels": config.get("in_channels", 3),
-            "out_channels": config.get("out_ch", 3),
-            "latent_channels": config.get("z_channels", 4),
-            "block_out_channels": [ch * m for m in config.get("ch_mult", [1, 2, 4, 4])],
-            "layers_per_block": config.get("num_res_blocks", 2),
-            "norm_num_groups": 32,
-            "norm_eps": 1e-5,
-            "padding_mode": "zeros",
-            "mid_attention": enc_attn != "none",
-            "decoder_temporal_attention": dec_attn == "spatial-temporal-xformer",
-            "dropout": config.get("dropout", 0.0),
-            "scaling_factor": config.get("scaling_factor", 0.18215),
-            "shift_factor": None,
-            "state_dict_layout": "ldm",
-        }
+        return _translate_sd21(config, source)
     if class_name == "CVVAESD3Model":
-        _check_required(config, _SD3_REQUIRED, source)
-        channels = config.get("block_out_channels", [128, 256, 512, 512])
-        if not isinstance(channels, list):
-            raise _bad("block_out_channels", channels, "a list of 4 positive integers", source)
-        for kind in ("down_block_types", "up_block_types"):
-            names = config.get(kind, [])
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise _bad(kind, names, "a list of block names", source)
-            names = set(names)
-            if names - {"DownEncoderBlock3D", "UpDecoderBlock3D"}:
-                raise UserInputError(f"unsupported {kind}={sorted(names)} in {source}")
-        return {
-            "in_channels": config.get("in_channels", 3),
-            "out_channels": config.get("in_channels", 3),
-            "latent_channels": config.get("out_channels", 16),
-            "block_out_channels": list(config.get("block_out_channels", [128, 256, 512, 512])),
-            "layers_per_block": config.get("layers_per_block", 2),
-            "norm_num_groups": config.get("norm_num_groups", 32),
-            "norm_eps": 1e-6,
-            "padding_mode": "replicate",
-            "mid_attention": config.get("mid_block_add_attention", True),
-            "decoder_temporal_attention": False,
-            "dropout": 0.0,
-            "scaling_factor": SD3_SCALING_FACTOR,
-            "shift_factor": SD3_SHIFT_FACTOR,
-            "state_dict_layout": "diffusers",
-        }
+        return _translate_sd3(config, source)
     raise UserInputError(f"unknown model class {class_name!r} in {source}")
+
+
+def _translate_sd21(config: Mapping, source: str) -> dict:
+    """Our config from a released ``CVVAEModel`` (SD 2.1 flavour) config."""
+    _check_required(config, _SD21_REQUIRED, source)
+    for key in ("ch", "z_channels", "num_res_blocks", "in_channels", "out_ch"):
+        _positive_int(config, key, source)
+    mult = config.get("ch_mult", [1, 2, 4, 4])
+    if not (isinstance(mult, list) and all(_is_int(m) and m >= 1 for m in mult)):
+        raise _bad("ch_mult", mult, "a list of positive integers", source)
+    enc_attn = config.get("encoder_attn_type", "vanilla-xformers")
+    dec_attn = config.get("decoder_attn_type", "spatial-temporal-xformer")
+    if enc_attn not in (*_SPATIAL_ATTENTION, "none"):
+        raise UserInputError(f"unsupported encoder_attn_type={enc_attn!r} in {source}")
+    if dec_attn not in (*_SPATIAL_ATTENTION, "spatial-temporal-xformer", "none"):
+        raise UserInputError(f"unsupported decoder_attn_type={dec_attn!r} in {source}")
+    if (enc_attn == "none") != (dec_attn == "none"):
+        raise UserInputError(
+            f"encoder and decoder must both have or both lack attention in {source}"
+        )
+    ch = config.get("ch", 128)
+    return {
+        "in_channels": config.get("in_channels", 3),
+        "out_channels": config.get("out_ch", 3),
+        "latent_channels": config.get("z_channels", 4),
+        "block_out_channels": [ch * m for m in config.get("ch_mult", [1, 2, 4, 4])],
+        "layers_per_block": config.get("num_res_blocks", 2),
+        "norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "padding_mode": "zeros",
+        "mid_attention": enc_attn != "none",
+        "decoder_temporal_attention": dec_attn == "spatial-temporal-xformer",
+        "dropout": config.get("dropout", 0.0),
+        "scaling_factor": config.get("scaling_factor", 0.18215),
+        "shift_factor": None,
+        "state_dict_layout": "ldm",
+    }
+
+
+def _translate_sd3(config: Mapping, source: str) -> dict:
+    """Our config from a released ``CVVAESD3Model`` (SD3 flavour) config."""
+    _check_required(config, _SD3_REQUIRED, source)
+    channels = config.get("block_out_channels", [128, 256, 512, 512])
+    if not isinstance(channels, list):
+        raise _bad("block_out_channels", channels, "a list of 4 positive integers", source)
+    for kind in ("down_block_types", "up_block_types"):
+        names = config.get(kind, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise _bad(kind, names, "a list of block names", source)
+        names = set(names)
+        if names - {"DownEncoderBlock3D", "UpDecoderBlock3D"}:
+            raise UserInputError(f"unsupported {kind}={sorted(names)} in {source}")
+    return {
+        "in_channels": config.get("in_channels", 3),
+        "out_channels": config.get("in_channels", 3),
+        "latent_channels": config.get("out_channels", 16),
+        "block_out_channels": list(config.get("block_out_channels", [128, 256, 512, 512])),
+        "layers_per_block": config.get("layers_per_block", 2),
+        "norm_num_groups": config.get("norm_num_groups", 32),
+        "norm_eps": 1e-6,
+        "padding_mode": "replicate",
+        "mid_attention": config.get("mid_block_add_attention", True),
+        "decoder_temporal_attention": False,
+        "dropout": 0.0,
+        "scaling_factor": SD3_SCALING_FACTOR,
+        "shift_factor": SD3_SHIFT_FACTOR,
+        "state_dict_layout": "diffusers",
+    }
 
 
 _ATTN_RENAMES = {
