@@ -173,6 +173,24 @@ def test_non_finite_output_names_first_layer():
         model.decode(z)
 
 
+def test_non_finite_outputs_raise_with_grad_in_eval_mode_not_in_training():
+    """A NaN input reaches the caller as an error in inference with autograd on (guidance,
+    notebooks); in training the trainer skips the step itself."""
+    from cvvae.inference.precision import NonFiniteError
+
+    model = CVVAE(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4).eval()
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    x[0, 0, 2, 3, 3] = float("nan")
+    with pytest.raises(NonFiniteError, match="encoder produced non-finite"):
+        model.encode(x)
+    z = torch.randn(1, 4, 2, 2, 2)
+    z[0, 0, 1, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="decoder produced non-finite"):
+        model.decode(z)
+    model.train()
+    assert not torch.isfinite(model.decode(z).sample).all()  # returned for the trainer to judge
+
+
 @torch.no_grad()
 def test_peak_memory_on_meta_equals_the_real_run():
     model = CVVAE(

@@ -158,7 +158,7 @@ class CVVAE(TilingSettings, ModelMixin, AutoencoderMixin, ConfigMixin):
             moments = self.encoder(x)
         else:
             moments = encode_moments(self.encoder, x, plan)
-        if not torch.is_grad_enabled():
+        if self._checks_finite():
             check_finite(moments, self.encoder, lambda: self.encoder(x), "encoder")
         return moments
 
@@ -174,9 +174,14 @@ class CVVAE(TilingSettings, ModelMixin, AutoencoderMixin, ConfigMixin):
             w * self.spatial_compression_ratio,
         )
         x = self.decoder(z) if plan is None else decode_latents(self.decoder, z, plan)
-        if not torch.is_grad_enabled():
+        if self._checks_finite():
             check_finite(x, self.decoder, lambda: self.decoder(z), "decoder")
         return x
+
+    def _checks_finite(self) -> bool:
+        """Outputs are checked in inference (no grad, or eval mode with grad, e.g. guidance);
+        a training step's non-finite loss is the trainer's to handle (it skips the step)."""
+        return not (torch.is_grad_enabled() and self.training)
 
     @apply_forward_hook
     def encode(
