@@ -179,8 +179,7 @@ class CVVAE(TilingSettings, ModelMixin, AutoencoderMixin, ConfigMixin):
         return x
 
     def _checks_finite(self) -> bool:
-        """Outputs are checked in inference (no grad, or eval mode with grad, e.g. guidance);
-        a training step's non-finite loss is the trainer's to handle (it skips the step)."""
+        """Check outputs except in a training step (the trainer skips non-finite steps)."""
         return not (torch.is_grad_enabled() and self.training)
 
     @apply_forward_hook
@@ -312,7 +311,6 @@ class CVVAE(TilingSettings, ModelMixin, AutoencoderMixin, ConfigMixin):
             if not path.is_file():
                 raise UserInputError(f"model folder has no {path.name}: {folder}")
         model = load_model(cls, config_path, weights_path)
-        # like diffusers: weights stored in half precision load as float32 unless asked otherwise
         dtype = local.get("torch_dtype") or torch.get_default_dtype()
         model = torch.nn.Module.to(model, device, dtype)  # ModelMixin.to warns on every cast
         model = model.eval()
