@@ -231,6 +231,7 @@ class CropSampler:
     def batch(self, b: int) -> torch.Tensor:
         s = self.s
         gen = torch.Generator().manual_seed(s.seed * 1_000_003 + b)
+        low, high = (math.log(v) for v in s.scale_range)
         out = []
         for _ in range(s.batch):
             if float(torch.rand((), generator=gen)) < s.photo_ratio:
@@ -238,7 +239,6 @@ class CropSampler:
             else:
                 name, i = self.frames[int(torch.randint(len(self.frames), (1,), generator=gen))]
                 image = self.clips[name][i]
-            low, high = (math.log(v) for v in s.scale_range)
             side = math.exp(low + (high - low) * float(torch.rand((), generator=gen)))
             side = min(max(side, s.crop), min(image.shape[-2:]))
             size = _short_side(*image.shape[-2:], round(side))
@@ -537,8 +537,9 @@ def main() -> None:
     else:
         info = json.loads((args.out / "data" / "split.json").read_text())
         vae = AutoencoderKL.from_pretrained(args.out / "image_vae").eval()
-        results = {k: evaluate_image_vae(vae, v) for k, v in held_out_images(info).items()}
-        frames = [v for k, v in held_out_images(info).items() if k.startswith("frames:")]
+        sets = held_out_images(info)
+        results = {k: evaluate_image_vae(vae, v) for k, v in sets.items()}
+        frames = [v for k, v in sets.items() if k.startswith("frames:")]
         results["frames"] = evaluate_image_vae(vae, torch.cat(frames))
         print(json.dumps(results, indent=2))
         (args.out / "image_vae_eval.json").write_text(json.dumps(results, indent=2))

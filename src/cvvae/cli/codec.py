@@ -82,32 +82,32 @@ def read_clip(path: Path, args: argparse.Namespace) -> Clip:
     """Read ``path`` as an image (by extension) or a video, with the clip options in ``args``.
 
     A video read with ``--stride k`` keeps its playback speed: its rate becomes source rate / k.
+    With the bundled model and no --height/--width, the input is read at :func:`_bundled_size`.
     """
-    from cvvae.io import is_image_path, read_image, read_video
+    from cvvae.io import is_image_path, read_image, read_video, resize_center_crop
 
     size = clip_size(args)
-    if size is None and getattr(args, "model", "") is None:
-        size = _bundled_size(path)
+    bundled = size is None and getattr(args, "model", "") is None
     if is_image_path(path):
         if args.frames is not None or args.start != 0 or args.stride != 1:
             raise UserInputError(f"--frames, --start and --stride apply to videos only: {path}")
-        return Clip(read_image(path, size=size), None)
+        if not bundled:
+            return Clip(read_image(path, size=size), None)
+        image = read_image(path)  # read once; its size gives the bundled model's
+        return Clip(resize_center_crop(image, _bundled_size(path, *image.shape[-2:])), None)
+    if bundled:
+        _, info = read_video(path, num_frames=1)
+        size = _bundled_size(path, info.height, info.width)
     video, info = read_video(path, args.start, args.frames, args.stride, size)
     if not info.rate:
         raise UserInputError(f"video has no frame rate: {path}")
     return Clip(video, info.rate / args.stride)
 
 
-def _bundled_size(path: Path) -> tuple[int, int]:
-    """The size the bundled model reads ``path`` at when no --height/--width is given: the
-    source's aspect with a BUNDLED_SHORT_SIDE short side, the scale it was trained at."""
-    from cvvae.io import is_image_path, read_image, read_video
-
-    if is_image_path(path):
-        height, width = read_image(path).shape[-2:]
-    else:
-        _, info = read_video(path, num_frames=1)
-        height, width = info.height, info.width
+def _bundled_size(path: Path, height: int, width: int) -> tuple[int, int]:
+    """The size the bundled model reads a ``height x width`` source at when no --height/--width
+    is given: the source's aspect with a BUNDLED_SHORT_SIDE short side, the scale it was
+    trained at (logged)."""
     scale = BUNDLED_SHORT_SIDE / min(height, width)
     size = (round(height * scale), round(width * scale))
     logger.info(
