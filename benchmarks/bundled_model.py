@@ -498,6 +498,28 @@ def run_ablations(out: Path, steps: int, info: dict) -> dict:
     return evaluate_protocol(info, models, image_vae, "moving-stride2")
 
 
+def ablation_table(result: dict, reference: str = "decoder-random") -> str:
+    """Markdown table of the ablations: recon PSNR and its paired difference to ``reference``
+    (mean +- standard error over the segments), the image decoder's gap per psi mode and the
+    first-frame latent error."""
+    per_segment, compat = result["per_segment_psnr"], result["summary"]["compatibility"]
+    base = torch.tensor(per_segment[reference])
+    lines = [
+        f"| variant | PSNR | vs {reference} | gap slice / mean / first | first-frame latent error |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ABLATIONS:
+        diff = torch.tensor(per_segment[name]) - base
+        noise = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        gaps = " / ".join(f"{compat[name][m]['psnr_gap']:.2f}" for m in ("slice", "mean", "first"))
+        lines.append(
+            f"| {name} | {float(torch.tensor(per_segment[name]).mean()):.2f} | "
+            f"{float(diff.mean()):+.2f} +- {noise:.2f} | {gaps} | "
+            f"{compat[name]['first_frame_latent_error']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -532,7 +554,8 @@ def main() -> None:
     elif args.stage == "ablations":
         info = json.loads((args.out / "data" / "split.json").read_text())
         result = run_ablations(args.out, args.steps or 300, info)
-        print(protocol_table("ablations, moving-stride2", result))
+        print(protocol_table("ablations, moving-stride2", result) + "\n")
+        print(ablation_table(result))
         (args.out / "ablations_eval.json").write_text(json.dumps(result, indent=2))
     else:
         info = json.loads((args.out / "data" / "split.json").read_text())
