@@ -9,11 +9,18 @@ Stages:
              (flips, scale jitter), AdamW, EMA; checkpoints every few minutes, exact resume;
              exports the EMA weights with the scaling factor of the training latents;
   eval-image the image VAE on the held-out photos and frames at 128x128 (PSNR, SSIM, mean
-             signed error per channel), written as JSON.
+             signed error per channel), written as JSON;
+  cv-vae     the CV-VAE inflated from the image VAE and trained with ``cvvae.training.train``
+             in two phases (``cvvae_config``, then ``continuation_config`` from its model);
+  eval-video the CV-VAE against uniform frame sampling and the image VAE on every frame, on the
+             held-out segments of PROTOCOLS, written as JSON;
+  ablations  the paper's latent-regularization variants (ABLATIONS), same steps and batches.
 
     python benchmarks/bundled_model.py data --out runs/bundled
-    python benchmarks/bundled_model.py image-vae --out runs/bundled      # hours on 2 CPU cores
+    python benchmarks/bundled_model.py image-vae --out runs/bundled
     python benchmarks/bundled_model.py eval-image --out runs/bundled
+    python benchmarks/bundled_model.py cv-vae --out runs/bundled
+    python benchmarks/bundled_model.py eval-video --out runs/bundled
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ PIECE_FRAMES = 80  # CV-VAE training videos are cut into pieces this long (half 
 # the clips that move, CV-VAE's training videos -> rows per piece in the list (a sampling weight)
 MOVING_CLIPS = {"Megamind.avi": 2, "vtest.avi": 1, "tree.avi": 1}
 EVAL_FRAMES = 17
+CVVAE_STEPS = (1500, 2000)  # the CV-VAE's two phases (continuation_config)
 # protocol name -> (clips, frame stride): held-out 17-frame segments at 128x128
 PROTOCOLS = {
     "moving-stride2": (["Megamind.avi", "vtest.avi"], 2),
@@ -129,6 +137,19 @@ def cvvae_config(out: Path, steps: int, loss: dict | None = None) -> dict:
             "ema_decay": 0.98,
         },
     }
+
+
+def continuation_config(out: Path, steps: int) -> dict:
+    """The CV-VAE's second phase: from the first phase's model (``out/cvvae/model``), ``steps``
+    more with larger clips too (17x96x96), a lower learning rate, a slower EMA and the PatchGAN
+    for the last 15%; writes ``out/cvvae_long``."""
+    config = cvvae_config(out, steps)
+    config["output_dir"] = str(out / "cvvae_long")
+    config["model"]["init_from"] = str(out / "cvvae" / "model")
+    config["data"]["video_shapes"].append([17, 96])
+    config["loss"]["gan_start"] = int(steps * 0.84)
+    config["optim"] |= {"lr": 1.5e-4, "ema_decay": 0.995}
+    return config
 
 
 def split(shared: Path) -> dict:
@@ -479,14 +500,18 @@ ABLATIONS = {
     "decoder-slice": {"decoder_reg_weight": 1.0, "psi": "slice"},
     "decoder-mean": {"decoder_reg_weight": 1.0, "psi": "mean"},
 }
+# the recipe once more with another seed (other batches and random draws): seed-to-seed noise
+SEED_VARIANT = ("decoder-random-seed1", {"decoder_reg_weight": 1.0, "psi": "random"}, 1)
 
 
 def run_ablations(out: Path, steps: int, info: dict) -> dict:
-    """Train every ablation for ``steps`` on the same data and batches (9x64 clips, no GAN),
-    then evaluate them together on the moving clips at stride 2."""
+    """Train every ablation for ``steps`` on the same data and batches (9x64 clips, no GAN), and
+    the recipe with another seed, then evaluate them together on the moving clips at stride 2."""
     models = {}
-    for name, loss in ABLATIONS.items():
+    variants = [(name, loss, 0) for name, loss in ABLATIONS.items()] + [SEED_VARIANT]
+    for name, loss, seed in variants:
         config = cvvae_config(out, steps, loss | {"gan_weight": 0.0})
+        config["seed"] = seed
         config["output_dir"] = str(out / "ablations" / name)
         config["data"]["video_shapes"] = [[9, 64]]
         config["num_val_clips"] = 0
@@ -508,7 +533,7 @@ def ablation_table(result: dict, reference: str = "decoder-random") -> str:
         f"| variant | PSNR | vs {reference} | gap slice / mean / first | first-frame latent error |",
         "|---|---|---|---|---|",
     ]
-    for name in ABLATIONS:
+    for name in [*ABLATIONS, SEED_VARIANT[0]]:
         diff = torch.tensor(per_segment[name]) - base
         noise = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
         gaps = " / ".join(f"{compat[name][m]['psnr_gap']:.2f}" for m in ("slice", "mean", "first"))
@@ -528,7 +553,12 @@ def main() -> None:
     )
     parser.add_argument("--model", type=Path, help="eval-video: the CV-VAE folder")
     parser.add_argument("--out", type=Path, default=Path("runs/bundled"))
-    parser.add_argument("--steps", type=int, help="image-vae: total steps (default 5000)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="steps: image-vae (default 5000), each cv-vae phase (default 1500, 2000), "
+        "each ablation (default 300)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
     args = parser.parse_args()
     if args.threads:
@@ -539,13 +569,19 @@ def main() -> None:
     elif args.stage == "image-vae":
         print(train_image_vae(args.out, s))
     elif args.stage == "cv-vae":
-        config_path = args.out / "cvvae_config.yaml"
-        config_path.write_text(yaml.safe_dump(cvvae_config(args.out, args.steps or 600)))
-        print(train(load_config(config_path)))
+        first, second = CVVAE_STEPS if args.steps is None else (args.steps, args.steps)
+        phases = {
+            "cvvae": cvvae_config(args.out, first),
+            "cvvae_long": continuation_config(args.out, second),
+        }
+        for name, config in phases.items():
+            config_path = args.out / f"{name}_config.yaml"
+            config_path.write_text(yaml.safe_dump(config))
+            print(train(load_config(config_path)))
     elif args.stage == "eval-video":
         info = json.loads((args.out / "data" / "split.json").read_text())
         image_vae = AutoencoderKL.from_pretrained(args.out / "image_vae").eval()
-        models = {"cv-vae": CVVAE.from_pretrained(args.model or args.out / "cvvae" / "model")}
+        models = {"cv-vae": CVVAE.from_pretrained(args.model or args.out / "cvvae_long" / "model")}
         results = {}
         for name in PROTOCOLS:
             results[name] = evaluate_protocol(info, models, image_vae, name)
