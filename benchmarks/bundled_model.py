@@ -14,13 +14,15 @@ Stages:
              in two phases (``cvvae_config``, then ``continuation_config`` from its model);
   eval-video the CV-VAE against uniform frame sampling and the image VAE on every frame, on the
              held-out segments of PROTOCOLS, written as JSON;
-  ablations  the paper's latent-regularization variants (ABLATIONS), same steps and batches.
+  ablations  the paper's latent-regularization variants (ABLATIONS), same steps and batches;
+  bundle     the pair in float16 into the package's assets (the bundled default model).
 
     python benchmarks/bundled_model.py data --out runs/bundled
     python benchmarks/bundled_model.py image-vae --out runs/bundled
     python benchmarks/bundled_model.py eval-image --out runs/bundled
     python benchmarks/bundled_model.py cv-vae --out runs/bundled
     python benchmarks/bundled_model.py eval-video --out runs/bundled
+    python benchmarks/bundled_model.py bundle --out runs/bundled
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +50,7 @@ from cvvae.io import atomic_path, read_image, read_video, write_video
 from cvvae.training import load_config, train
 
 SHARED = Path(os.environ.get("CVVAE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+ASSETS = Path(__file__).resolve().parents[1] / "src" / "cvvae" / "assets"
 TRAIN_FRACTION = 0.7  # the first 70% of every clip's frames are for training
 GAP = 8  # frames dropped between a clip's training and held-out parts
 FRAME_SIDE = 256  # short side of cached training frames (eval is at 128)
@@ -523,6 +527,30 @@ def run_ablations(out: Path, steps: int, info: dict) -> dict:
     return evaluate_protocol(info, models, image_vae, "moving-stride2")
 
 
+def bundle(out: Path, target: Path) -> None:
+    """Write the pair into ``target`` (``image_vae/``, ``model/``) with float16 weights (they load
+    as float32), the model folder holding both phases' training configs; each folder is written
+    beside its old version and swapped in when complete."""
+    final = out / "cvvae_long" / "model"
+    pair = {
+        "image_vae": AutoencoderKL.from_pretrained(out / "image_vae"),
+        "model": CVVAE.from_pretrained(final),
+    }
+    for name, model in pair.items():
+        staging, old = target / f".{name}.new", target / f".{name}.old"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.to(torch.float16).save_pretrained(staging)
+        if name == "model":
+            shutil.copy(final / "train_config.yaml", staging / "train_config.yaml")
+            shutil.copy(
+                out / "cvvae" / "model" / "train_config.yaml", staging / "train_config_phase1.yaml"
+            )
+        if (target / name).exists():
+            os.replace(target / name, old)
+        os.replace(staging, target / name)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def ablation_table(result: dict, reference: str = "decoder-random") -> str:
     """Markdown table of the ablations: recon PSNR and its paired difference to ``reference``
     (mean +- standard error over the segments), the image decoder's gap per psi mode and the
@@ -549,7 +577,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "stage",
-        choices=["data", "image-vae", "eval-image", "cv-vae", "eval-video", "ablations"],
+        choices=["data", "image-vae", "eval-image", "cv-vae", "eval-video", "ablations", "bundle"],
     )
     parser.add_argument("--model", type=Path, help="eval-video: the CV-VAE folder")
     parser.add_argument("--out", type=Path, default=Path("runs/bundled"))
@@ -558,6 +586,12 @@ def main() -> None:
         type=int,
         help="steps: image-vae (default 5000), each cv-vae phase (default 1500, 2000), "
         "each ablation (default 300)",
+    )
+    parser.add_argument(
+        "--to",
+        type=Path,
+        default=ASSETS,
+        help="bundle: the folder to write (default: the package's)",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
     args = parser.parse_args()
@@ -587,6 +621,8 @@ def main() -> None:
             results[name] = evaluate_protocol(info, models, image_vae, name)
             print(protocol_table(name, results[name]) + "\n", flush=True)
         (args.out / "cvvae_eval.json").write_text(json.dumps(results, indent=2))
+    elif args.stage == "bundle":
+        bundle(args.out, args.to)
     elif args.stage == "ablations":
         info = json.loads((args.out / "data" / "split.json").read_text())
         result = run_ablations(args.out, args.steps or 300, info)

@@ -115,3 +115,38 @@ def test_ablation_table_pairs_segments(recipe):
     assert "| 23.00 | +1.00 +- 0.58 |" in rows["no-reg"]
     assert "| 22.00 | +0.00 +- 0.00 |" in rows["decoder-random"]
     assert "0.50 / 0.50 / 0.50 | 0.250 |" in rows["no-reg"]
+
+
+def test_bundle_writes_the_pair_in_float16_and_replaces_the_old(recipe, tmp_path):
+    """The bundled pair is stored in float16, loads as float32 equal to the trained weights up to
+    float16 rounding, carries both phases' configs and replaces what the folder held."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    from cvvae import CVVAE
+    from cvvae.models.inflation import inflate_from_image_vae
+
+    out, target = tmp_path / "run", tmp_path / "assets"
+    image_vae = recipe.make_image_vae(recipe.ImageVAESettings(channels=(8, 8, 8, 8), norm_groups=4))
+    image_vae.save_pretrained(out / "image_vae")
+    model = inflate_from_image_vae(image_vae)
+    for phase in ("cvvae", "cvvae_long"):
+        model.save_pretrained(out / phase / "model")
+        (out / phase / "model" / "train_config.yaml").write_text(f"phase: {phase}\n")
+    (target / "model").mkdir(parents=True)
+    (target / "model" / "stale.txt").write_text("old")
+    recipe.bundle(out, target)
+    assert sorted(p.name for p in target.iterdir()) == ["image_vae", "model"]
+    assert not (target / "model" / "stale.txt").exists()
+    assert (target / "model" / "train_config.yaml").read_text() == "phase: cvvae_long\n"
+    assert (target / "model" / "train_config_phase1.yaml").read_text() == "phase: cvvae\n"
+    for folder in ("image_vae", "model"):
+        weights = load_file(target / folder / "diffusion_pytorch_model.safetensors")
+        assert {v.dtype for v in weights.values()} == {torch.float16}
+    loaded = CVVAE.from_pretrained(target / "model")
+    assert next(loaded.parameters()).dtype == torch.float32
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value.half().float()), name
+    reloaded = AutoencoderKL.from_pretrained(target / "image_vae")
+    for name, value in image_vae.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name].float(), value.half().float()), name
