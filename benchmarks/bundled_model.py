@@ -540,6 +540,9 @@ def bundle(out: Path, target: Path) -> None:
         staging, old = target / f".{name}.new", target / f".{name}.old"
         shutil.rmtree(staging, ignore_errors=True)
         model.to(torch.float16).save_pretrained(staging)
+        config = json.loads((staging / "config.json").read_text())
+        config.pop("_name_or_path", None)  # where it was loaded from here
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if name == "model":
             shutil.copy(final / "train_config.yaml", staging / "train_config.yaml")
             shutil.copy(

@@ -143,6 +143,7 @@ def test_bundle_writes_the_pair_in_float16_and_replaces_the_old(recipe, tmp_path
     for folder in ("image_vae", "model"):
         weights = load_file(target / folder / "diffusion_pytorch_model.safetensors")
         assert {v.dtype for v in weights.values()} == {torch.float16}
+        assert "_name_or_path" not in json.loads((target / folder / "config.json").read_text())
     loaded = CVVAE.from_pretrained(target / "model")
     assert next(loaded.parameters()).dtype == torch.float32
     for name, value in model.state_dict().items():
