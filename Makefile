@@ -8,6 +8,11 @@ IMAGE_VAE ?= src/cvvae/assets/image_vae
 
 .PHONY: setup demo test test-all lint
 
+# `pip install torch==2.13.0` gets the CPU build only where pip finds that wheel on disk first
+# (pip's find-links, as on the machines this project is developed on); from PyPI on Linux it is a
+# CUDA build. To pick the build, make .venv and install torch into it before `make`:
+#   python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# (or the index URL that pytorch.org gives for your CUDA version); the line below then keeps it.
 $(BIN)/cvvae: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0

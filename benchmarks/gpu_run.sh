@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements recorded in docs/performance.md, as one script for a lent GPU machine
+# The GPU measurements recorded in benchmarks/RESULTS.md, as one script for a lent GPU machine
 # whose Python has torch but not diffusers: wheels in .whl/ (diffusers, importlib_metadata) and the
 # reference folders copied to .bench_data/ travel with the working tree.
 #   bash benchmarks/gpu_run.sh OUTDIR        # the open measurements (about 6 minutes: one device call)
@@ -24,7 +24,7 @@ run 120 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data
   --sizes 17x720x1280 --chunks 4 1 --tile 360 --ours ours ours-two_pass-encoder --repeats 2 \
   --out "$out/trained_and_reference_720p_hybrid_tiles.json"
 [ "$what" = all ] || exit 0
-# Recorded in docs/performance.md (H200): torch.compile of the full pass.
+# Recorded in benchmarks/RESULTS.md (H200): torch.compile of the full pass.
 run 150 python3 benchmarks/bench_inference.py --device cuda --shared .bench_data --models sd21_full --compile \
   --dtype bfloat16 --sizes 17x720x1280 --ours --no-reference --repeats 2 --out "$out/sd21_full_bf16_compile.json"
 # The earlier H100 session's measurements:

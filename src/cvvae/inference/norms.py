@@ -32,8 +32,8 @@ class Moments:
     @staticmethod
     def of_groups(x: torch.Tensor, groups: int) -> Moments:
         """Moments per group of ``x (B, C, ...)`` (float64 ``(B, groups)``), from float32 sums and
-        sums of squares along rows, pooled in float64: a few times faster than ``torch.var_mean``
-        on the CPU, as precise, and no copy of a strided region."""
+        sums of squares along rows, pooled in float64: faster than ``torch.var_mean`` on the CPU,
+        as precise, and no copy of a strided region."""
         b, c = x.shape[:2]
         sums = x.sum(dim=-1, dtype=torch.float32).double().reshape(b, groups, -1).sum(-1)
         squares = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).double().square()

@@ -72,8 +72,9 @@ def conv3d(
     """``F.conv3d`` (no dilation, no groups), run by oneDNN for float32 on the CPU.
 
     PyTorch picks its reference kernel (``slow_conv3d``) for a batch-1 3D convolution whenever
-    ``C x T x H`` of the input is at most 20480, which on clips, chunks and tiles of common sizes
-    is 4-8x slower than oneDNN on the same input (docs/performance.md). Results agree within
+    ``C x T x H`` of the input is at most 20480, which clips, chunks and tiles of common sizes
+    often are, and that kernel is much slower than oneDNN on the same input (numbers in
+    benchmarks/RESULTS.md). Results agree within
     float32 rounding; gradients flow as through ``F.conv3d``. Under ``torch.compile`` the plain
     ``F.conv3d`` is traced (the oneDNN op has no fake-tensor kernel), and the compiler picks.
     """

@@ -38,7 +38,7 @@ class TilingSettings:
         frames at a time and, when the frame is larger than a tile, tile by tile with halos;
         images too. With no arguments, tiles of 256 x 256 video pixels and 16-frame encoder
         chunks (the decoder: one latent frame per call), which keeps 720p within a quarter of
-        the full pass's memory (docs/performance.md).
+        the full pass's memory (docs/memory.md).
 
         ``tile_sample_min_height`` / ``_width``: the largest tile, in video pixels (tiles are
         near-equal and cover the frame; neighbours' halos are added, not overlapped);
