@@ -143,12 +143,14 @@ def _longest(peak: Callable[[int], float], budget_bytes: float, limit: int) -> i
 
 def _sequential_tile(budget_bytes: float, shape: tuple[int, int, int], costs: PlanCosts) -> int:
     """The largest tile side (a multiple of 8, at least 64 px) that fits ``budget_bytes`` with
-    tiles one at a time; a warning when even 64 px does not fit."""
+    tiles one at a time; below what 64-px tiles need (a warning), the largest tile that needs
+    no more than they do (the whole-frame part's peak can set that floor)."""
     frames, height, width = shape
+    least = costs.sequential_peak(shape, 64)
     tile = max(height, width) // 8 * 8
-    while tile > 64 and costs.sequential_peak(shape, tile) > budget_bytes:
+    while tile > 64 and costs.sequential_peak(shape, tile) > max(budget_bytes, least):
         tile -= 8
-    if tile < max(height, width) and costs.sequential_peak(shape, tile) > budget_bytes:
+    if tile < max(height, width) and least > budget_bytes:
         logger.warning(
             "memory budget %.2f GiB is below what 64-px tiles need to %s %d frames %dx%d",
             budget_bytes / 2**30,
