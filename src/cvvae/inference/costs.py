@@ -27,8 +27,8 @@ from .plan import MIN_ENCODE_FRAMES, InferencePlan
 PROBE = 64  # side of the untiled probes' frames, in video pixels
 FRAMES = (17, 33)  # probe clip lengths, in video frames (1 + 4k; shorter ones end too soon)
 LOCKSTEP_PROBE = ((256, 256), 128)  # frame (height, width) and tile side: 2 x 2 tiles
-SEQUENTIAL_PROBE = ((64, 128), 64)  # 1 x 2 tiles; WIDE times wider for the whole-frame phase
-WIDE = 4
+SEQUENTIAL_PROBE = ((256, 512), 256)  # 1 x 2 tiles (decoder halos are ~40 px)
+WIDE = 8  # the whole-frame phase is probed on a frame this many times wider (1 x 16 tiles)
 _CACHE: dict[tuple, PlanCosts] = {}
 
 
