@@ -105,3 +105,25 @@ def test_costs_of_a_real_model_are_probed_on_a_meta_copy():
     assert all(p.device.type == "cpu" for p in model.parameters())
     plan = plan_for_budget(2**30, (17, 720, 1280), costs)
     assert plan.tile is None and plan.encode_frames >= 4
+
+
+@pytest.mark.slow  # about a minute: the full-size networks' probes
+def test_full_size_sd21_costs_are_near_the_old_hand_set_constants():
+    """In the old constants' units (``C0 x H x W`` tensors, bfloat16), the counted costs of the
+    full-size SD 2.1 architecture: per chunk frame about half the old ACTIVATION_COPIES (6 / 13,
+    which were upper bounds: 3.2 / 7.0 counted), the fixed part near the old two cached frames
+    (12.4 / 18.8 against 12 / 26), the lockstep caches near TILED_FRAMES (12.8 / 23.3 per padded
+    tile pixel against 12 / 30 per frame pixel), the encoder's lockstep chunk cost near
+    TILED_CHUNK_COPIES (2.9 against 3)."""
+    model = _meta_model("sd21_full")
+    unit = 2 * 128  # bytes of one C0 = 128 channel pixel in bfloat16
+    old = {"encode": (6, 12, 12, 3), "decode": (13, 26, 30, 0)}
+    for direction, network in (("encode", model.encoder), ("decode", model.decoder)):
+        costs = plan_costs(network, direction)
+        fixed, per_chunk, _ = (value / unit for value in costs.chunked)
+        tiled, tiled_chunk = (value / unit for value in costs.lockstep)
+        copies, cached, frames, chunk_copies = old[direction]
+        assert 0.45 * copies < per_chunk < 0.6 * copies, per_chunk
+        assert 0.7 * cached < fixed < 1.1 * cached, fixed
+        assert 0.75 * frames < tiled < 1.1 * frames, tiled
+        assert tiled_chunk == pytest.approx(chunk_copies, abs=0.2), tiled_chunk
