@@ -13,12 +13,15 @@ cached per network architecture, direction and dtype; a plan costs milliseconds 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
+from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .engine import decode_latents, decoder_parts, encode_moments, encoder_parts
 from .memory import FusedAttentionOnMeta, PeakMemory
@@ -42,12 +45,23 @@ def plan_costs(network: nn.Module, direction: str) -> PlanCosts:
 
 
 def _meta_copy(network: nn.Module) -> nn.Module:
-    """``network`` with its parameters and buffers on ``meta`` (nothing copied), in eval mode."""
-    memo = {
-        id(t): (nn.Parameter(t.to("meta"), False) if isinstance(t, nn.Parameter) else t.to("meta"))
-        for t in itertools.chain(network.parameters(), network.buffers())
-    }
-    return copy.deepcopy(network, memo).eval()
+    """``network`` with its parameters and buffers on ``meta`` (nothing copied), in eval mode
+    (unseen by the caller's meters)."""
+    with _disable_current_modes():
+        memo = {
+            id(t): nn.Parameter(t.to("meta"), False)
+            if isinstance(t, nn.Parameter)
+            else t.to("meta")
+            for t in itertools.chain(network.parameters(), network.buffers())
+        }
+        return copy.deepcopy(network, memo).eval()
+
+
+@contextlib.contextmanager
+def _isolated() -> Iterator[PeakMemory]:
+    """A meter of its own for a probe, unseen by the caller's meters (a plan made inside one)."""
+    with _disable_current_modes(), torch.no_grad(), FusedAttentionOnMeta(), PeakMemory() as meter:
+        yield meter
 
 
 class PlanCosts:
@@ -70,7 +84,7 @@ class PlanCosts:
         if plan is None:
             if self.direction == "encode":
                 channels = net.norm_out.num_channels
-            with torch.no_grad(), FusedAttentionOnMeta(), PeakMemory() as meter:
+            with _isolated() as meter:
                 net.head(torch.empty(1, channels, *latent, **meta))
             return meter.peak_bytes
         if self.direction == "encode":
@@ -79,7 +93,7 @@ class PlanCosts:
         else:
             z = torch.empty(1, channels, *latent, **meta)
             run = functools.partial(decode_latents, net, z, plan)
-        with torch.no_grad(), FusedAttentionOnMeta(), PeakMemory() as meter:
+        with _isolated() as meter:
             run()
         return meter.peak_bytes
 
