@@ -3,12 +3,14 @@
 :class:`PlanCosts` runs a ``meta`` copy of an encoder or a decoder (shapes only: nothing is
 computed or allocated) under :class:`~.memory.PeakMemory` at a few small probe shapes and fits
 the terms of the planner's cost model (:mod:`.plan`) to the peaks counted there: bytes per
-pixel of the trunk's fixed part, per chunk frame and per clip frame; the head's per clip frame;
-with tiles, the caches per padded tile pixel (lockstep) or the clip kept between the trunk's
-parts (sequential). The peaks scale with the pixels (a probe at 64 x 64 and one at 720p agree
-to 1%, the small probe above) and are linear in the chunk frames, so a fit at 17 and 33 frames
-holds at any size. Each regime is probed the first time a plan needs it (a few seconds) and
-cached per network architecture, direction and dtype; a plan costs milliseconds after that.
+pixel of the trunk's fixed part, per chunk frame and per clip frame, and of the head per clip
+frame; with tiles in lockstep, per padded tile pixel (mostly all tiles' caches) and per encoder
+chunk frame; with tiles one at a time, per tile pixel, per frame pixel (the whole-frame part)
+and per clip frame (the clip kept between the trunk's parts). A peak is the highest of its
+phases (trunk, head; tiles, whole frames). Per pixel, a 64 x 64 probe and a 720p run agree
+within 1%, and peaks are linear in the chunk frames; clips of 17 and 33 frames get past the
+ends' effects. Each regime is probed the first time a plan needs it (seconds) and cached per
+architecture, direction and dtype; a plan costs milliseconds after that.
 """
 
 from __future__ import annotations
