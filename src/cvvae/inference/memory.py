@@ -7,7 +7,8 @@ counted, nor are views of them). Unlike process RSS it does not depend on the al
 
 It also works on the ``meta`` device, where nothing is computed or allocated: a model and input
 made on ``meta`` give the peak of any size in seconds (``benchmarks/bench_inference.py
---device meta``).
+--device meta``); under :class:`FusedAttentionOnMeta` attention counts as the fused kernels
+allocate it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import weakref
 from collections import Counter
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -56,3 +59,17 @@ class PeakMemory(TorchDispatchMode):
 def _storage_key(t: torch.Tensor) -> int:
     """The identity of ``t``'s storage (shared by its views; meta tensors have one too)."""
     return t.untyped_storage()._cdata
+
+
+class FusedAttentionOnMeta(TorchFunctionMode):
+    """Context manager: ``scaled_dot_product_attention`` on ``meta`` runs the fused (flash)
+    kernel's meta function, not the math path, which materialises the ``L x L`` scores that
+    fused GPU and CPU kernels never allocate (so the meter counts what real runs allocate)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and len(args) == 3 and not kwargs:
+            q, k, v = args
+            if q.device.type == "meta":
+                return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[0]
+        return func(*args, **kwargs)

@@ -4,41 +4,30 @@
 ``CVVAE.enable_tiling`` from its three sizes, :func:`plan_for_budget` the plan of
 ``CVVAE.set_memory_budget`` from a memory budget.
 
-The budget's cost model counts the largest live activations: the trunk's full-resolution feature
-maps for one chunk (``ACTIVATION_COPIES[direction]`` tensors of ``C0 x frames x H x W``, with two
-cached frames), plus what stays whole (the input and output clips and the latent-resolution
-head). With tiles in lockstep the conv caches of all tiles (whole frames' worth) dominate and
-tile sizes change the peak little (``TILED_FRAMES``, at the smallest chunks); what the budget
-leaves above that buys longer encoder chunks (``TILED_CHUNK_COPIES`` per frame and padded tile:
-fewer, fuller statistics, so latents closer to the full pass); below that, tiles run one at a time
-(``"sequential"``), sized like chunks, with the clip between the trunk's parts kept. The
-constants were calibrated against peaks counted on the meta device for the full-size SD 2.1 and
-SD3 architectures at 720p and the tiny reference models at 360p, and set to the largest seen
-(docs/performance.md).
+The budget's plan is the first that fits, in this order: the longest time chunks on whole
+frames; tiles of half the frame's shorter side advancing in lockstep (all tiles' conv caches
+alive), the encoder's chunks as long as the rest allows (fewer, fuller statistics, so latents
+closer to the full pass); tiles one at a time (``"sequential"``), as large as fit, with the clip
+kept between the trunk's parts. Peaks are estimated by :class:`~.costs.PlanCosts`, fitted to
+peaks of the model itself counted on the meta device.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .costs import PlanCosts
 
 STATS_MODES = ("two_pass", "running", "chunk")
 TILE_ORDERS = ("lockstep", "sequential")
 
-# live C0 x frame x H x W tensors per chunk frame at the trunk's widest point; the non-causal
-# decoder holds more (delayed skips, held-back frames, three blocks per level)
-ACTIVATION_COPIES = {"encode": 6, "decode": 13}
-HEAD_COPIES = 6  # live top_channels x frames x h x w tensors of the latent-resolution head
-# with tiles (two tiled levels, tiles of half the shorter side): the peak, in whole C0 x H x W
-# frames, mostly all tiles' conv caches, which tiles cannot shrink
-TILED_FRAMES = {"encode": 12, "decode": 30}
-# live C0 x tile x tile tensors (tile with its halos) per encoder chunk frame beyond the smallest
-# chunk, tiles of half the shorter side in lockstep (the coarse levels' whole frames included)
-TILED_CHUNK_COPIES = 3
-MIN_TILE = 128
-TILE_HALO = 32  # video pixels around a tile, for the estimates (16 / 24 for the released models)
-MIN_ENCODE_FRAMES = 4
+MIN_TILE = 128  # the smallest side of lockstep tiles, in video pixels (a choice, not a fit)
+MIN_ENCODE_FRAMES = 4  # the encoder's time stride
 logger = logging.getLogger("cvvae")
 
 
@@ -112,96 +101,60 @@ def plan_for_tiles(height: int, width: int, frames: int) -> InferencePlan:
     return InferencePlan(frames, max(1, frames // 16), height, width)
 
 
-def tiled_peak(
-    shape: tuple[int, int, int],
-    channels: tuple[int, int],
-    itemsize: int,
-    direction: str,
-    tile: int,
-    encode_frames: int = MIN_ENCODE_FRAMES,
-) -> float:
-    """Estimated peak bytes of ``direction`` on a ``(frames, height, width)`` video with
-    ``tile``-pixel tiles advancing in lockstep (mostly their caches), the encoder taking
-    ``encode_frames`` per chunk; ``channels``: widths of the first and last level."""
-    frames, height, width = shape
-    base, top = channels
-    caches = itemsize * base * height * width * TILED_FRAMES[direction]
-    longer = 0.0
-    if direction == "encode":
-        padded = (min(tile, height) + 2 * TILE_HALO) * (min(tile, width) + 2 * TILE_HALO)
-        longer = itemsize * base * padded * TILED_CHUNK_COPIES * (encode_frames - MIN_ENCODE_FRAMES)
-    return _whole(frames, height * width, top, itemsize) + caches + longer
-
-
-def _whole(frames: int, pixels: int, top_channels: int, itemsize: int) -> float:
-    """Bytes that stay whole: input and output clips, the latent-resolution head."""
-    return itemsize * (
-        2 * 3 * frames * pixels + HEAD_COPIES * top_channels * frames * pixels // 256
-    )
-
-
 def plan_for_budget(
-    budget_bytes: float,
-    shape: tuple[int, int, int],
-    channels: tuple[int, int],
-    itemsize: int,
-    direction: str,
+    budget_bytes: float, shape: tuple[int, int, int], costs: PlanCosts
 ) -> InferencePlan:
-    """The largest chunks whose estimated peak fits ``budget_bytes`` when ``direction``
-    (``"encode"`` or ``"decode"``) runs on a ``(frames, height, width)`` video (``channels``:
-    widths of the first and last level); if even 4-frame / 1-latent chunks do not fit, tiles of
-    half the frame's shorter side too (peak about :func:`tiled_peak`; the encoder's chunks as
-    long as the rest of the budget allows, up to the clip), and below that, tiles one at a
-    time, sized to the budget."""
+    """The largest chunks whose peak (estimated by ``costs``, :func:`~.costs.plan_costs` of the
+    encoder or the decoder) fits ``budget_bytes`` on a ``(frames, height, width)`` video; if
+    even 4-frame / 1-latent chunks do not fit, tiles of half the frame's shorter side in
+    lockstep too (the encoder's chunks as long as the rest of the budget allows, up to the
+    clip), and below that, tiles one at a time, sized to the budget."""
     frames, height, width = shape
-    pixels = height * width
-    whole = _whole(frames, pixels, channels[1], itemsize)
-    per_pixel_frame = itemsize * ACTIVATION_COPIES[direction] * channels[0]
-    room = max(0.0, budget_bytes - whole) / (per_pixel_frame * pixels) - 2  # two cached frames
-    encode_frames = max(MIN_ENCODE_FRAMES, int(room) // 4 * 4)
-    decode_latents = max(1, int(room) // 4)
-    if room >= MIN_ENCODE_FRAMES:
-        return InferencePlan(encode_frames, decode_latents)
+    chunk = _longest(lambda c: costs.chunked_peak(shape, c), budget_bytes, frames + 3)
+    if chunk is not None:
+        return InferencePlan(chunk, chunk // 4)
     # even the smallest chunk is too big: tile the frame too
     tile = max(MIN_TILE, min(height, width) // 2 // 8 * 8)
-    order = "lockstep"
-    if budget_bytes < tiled_peak(shape, channels, itemsize, direction, tile):
-        order = "sequential"  # all tiles' caches do not fit: one tile at a time, the clip kept
-        tile = _sequential_tile(budget_bytes, shape, channels, itemsize, direction)
+    if tile < max(height, width) and costs.lockstep_peak(shape, tile, MIN_ENCODE_FRAMES) <= (
+        budget_bytes
+    ):
+        chunk = MIN_ENCODE_FRAMES
+        if costs.direction == "encode":  # what the caches leave: longer encoder chunks
+            peak = functools.partial(costs.lockstep_peak, shape, tile)
+            chunk = _longest(peak, budget_bytes, frames - 1)
+        return InferencePlan(chunk, 1, tile, tile)
+    # all tiles' caches do not fit: one tile at a time, the clip kept
+    tile = _sequential_tile(budget_bytes, shape, costs)
     if tile >= max(height, width):
-        return InferencePlan(encode_frames, decode_latents)
-    if order == "lockstep":  # what the caches leave: longer encoder chunks
-        while encode_frames + 4 < frames and budget_bytes >= tiled_peak(
-            shape, channels, itemsize, direction, tile, encode_frames + 4
-        ):
-            encode_frames += 4
-    return InferencePlan(encode_frames, decode_latents, tile, tile, tile_order=order)
+        return InferencePlan(MIN_ENCODE_FRAMES, 1)
+    return InferencePlan(MIN_ENCODE_FRAMES, 1, tile, tile, tile_order="sequential")
 
 
-def _sequential_tile(
-    budget_bytes: float,
-    shape: tuple[int, int, int],
-    channels: tuple[int, int],
-    itemsize: int,
-    direction: str,
-) -> int:
-    """The tile side that fits ``budget_bytes`` with tiles one at a time (at least 64 px; a
-    warning when even that does not fit)."""
+def _longest(peak: Callable[[int], float], budget_bytes: float, limit: int) -> int | None:
+    """The longest chunk (video frames, a multiple of 4, from 4 to ``limit``) whose
+    ``peak(frames)`` fits ``budget_bytes``; ``None`` if not even 4 frames fit."""
+    if peak(MIN_ENCODE_FRAMES) > budget_bytes:
+        return None
+    chunk = MIN_ENCODE_FRAMES
+    while chunk + 4 <= limit and peak(chunk + 4) <= budget_bytes:
+        chunk += 4
+    return chunk
+
+
+def _sequential_tile(budget_bytes: float, shape: tuple[int, int, int], costs: PlanCosts) -> int:
+    """The largest tile side (a multiple of 8, at least 64 px) that fits ``budget_bytes`` with
+    tiles one at a time; below what 64-px tiles need (a warning), the largest tile that needs
+    no more than they do (the whole-frame part's peak can set that floor)."""
     frames, height, width = shape
-    pixels = height * width
-    per_pixel_frame = itemsize * ACTIVATION_COPIES[direction] * channels[0]
-    kept = (
-        _whole(frames, pixels, channels[1], itemsize)
-        + itemsize * channels[1] * frames * pixels // 32
-    )
-    area = max(0.0, budget_bytes - kept) / (per_pixel_frame * (MIN_ENCODE_FRAMES + 2))
-    tile = max(64, (int(math.sqrt(area)) - 2 * TILE_HALO) // 8 * 8)
-    least = kept + per_pixel_frame * (MIN_ENCODE_FRAMES + 2) * (64 + 2 * TILE_HALO) ** 2
+    least = costs.sequential_peak(shape, 64)
+    tile = max(height, width) // 8 * 8
+    while tile > 64 and costs.sequential_peak(shape, tile) > max(budget_bytes, least):
+        tile -= 8
     if tile < max(height, width) and least > budget_bytes:
         logger.warning(
             "memory budget %.2f GiB is below what 64-px tiles need to %s %d frames %dx%d",
             budget_bytes / 2**30,
-            direction,
+            costs.direction,
             frames,
             width,
             height,

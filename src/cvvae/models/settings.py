@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 
+from ..inference.costs import plan_costs
 from ..inference.plan import InferencePlan, describe_plan, plan_for_budget, plan_for_tiles
 
 logger = logging.getLogger("cvvae")
@@ -18,7 +19,7 @@ logger = logging.getLogger("cvvae")
 
 class TilingSettings:
     """``enable_tiling`` / ``set_memory_budget`` / ``disable_tiling`` and the plan per call; the
-    class it is mixed into has ``config.block_out_channels`` and ``dtype``."""
+    class it is mixed into has ``encoder`` and ``decoder``."""
 
     use_tiling = False
     tile_sample_min_height = 256
@@ -89,13 +90,9 @@ class TilingSettings:
                 self.tile_sample_min_width,
                 self.tile_sample_min_num_frames,
             )
-        channels = self.config.block_out_channels
+        network = self.encoder if direction == "encode" else self.decoder
         plan = plan_for_budget(
-            self._memory_budget * 2**30,
-            (frames, height, width),
-            (channels[0], channels[-1]),
-            self.dtype.itemsize,
-            direction,
+            self._memory_budget * 2**30, (frames, height, width), plan_costs(network, direction)
         )
         logger.info(
             "memory budget %.2f GiB, %d frames %dx%d -> %s",
