@@ -90,7 +90,7 @@ def plan_for_tiles(height: int, width: int, frames: int) -> InferencePlan:
     """The plan of ``enable_tiling``: tiles of at most ``height x width`` video pixels, encoder
     chunks of ``frames`` video frames, decoder chunks of ``frames // 16`` latents (at least one:
     the decoder holds about twice the encoder's activations per frame, and longer decoder calls
-    do not bring it closer to the full pass; docs/performance.md). Running statistics."""
+    do not bring it closer to the full pass; docs/memory.md). Running statistics."""
     for name, value in (("tile_sample_min_height", height), ("tile_sample_min_width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 64:
             raise ValueError(f"{name} must be an int >= 64 pixels, got {value!r}")
