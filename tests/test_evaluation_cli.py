@@ -48,24 +48,19 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 TOY = ["--frames", "5", "--height", "32", "--width", "32"]
 
 
+def run_with_baselines(capsys, files, out, *argv) -> tuple[int, str, str]:
+    """``cvvae evaluate`` of the inflated model as ``m`` beside the image VAE's baselines."""
+    model = ["--model", f"m={files['inflated']}", "--image-vae", files["image_vae"]]
+    return run(capsys, "evaluate", *model, "--baselines", *argv, "--out", out)
+
+
 def test_evaluate_writes_json_table_and_plots(tmp_path, capsys, files):
     out = tmp_path / "report"
-    code, stdout, err = run(
+    code, stdout, err = run_with_baselines(
         capsys,
-        "evaluate",
-        "--model",
-        f"m={files['inflated']}",
-        "--image-vae",
-        files["image_vae"],
-        "--baselines",
-        "--video-list",
-        files["list"],
-        "--images",
-        files["images"],
-        "--segments",
-        "3",
-        "--out",
+        files,
         out,
+        *["--video-list", files["list"], "--images", files["images"], "--segments", "3"],
         *TOY,
     )
     assert code == 0, err
@@ -150,24 +145,11 @@ def test_lpips_weights_add_the_lpips_metric(tmp_path, capsys, files):
     torch.manual_seed(0)
     save_lpips_weights(LPIPS().state_dict(), lpips)
     out = tmp_path / "with_lpips"
-    code, _, err = run(
+    code, _, err = run_with_baselines(
         capsys,
-        "evaluate",
-        "--model",
-        f"m={files['inflated']}",
-        "--image-vae",
-        files["image_vae"],
-        "--baselines",
-        "--images",
-        files["images"],
-        "--lpips-weights",
-        lpips,
-        "--out",
+        files,
         out,
-        "--height",
-        "32",
-        "--width",
-        "32",
+        *["--images", files["images"], "--lpips-weights", lpips, "--height", "32", "--width", "32"],
     )
     assert code == 0, err
     data = json.loads((out / "results.json").read_text())
@@ -184,25 +166,12 @@ def test_i3d_weights_add_fvd_over_the_clips(tmp_path, capsys, files):
     i3d = tmp_path / "i3d.safetensors"
     save_i3d(small_i3d(), i3d)
     out = tmp_path / "with_fvd"
-    code, _, err = run(
+    code, _, err = run_with_baselines(
         capsys,
-        "evaluate",
-        "--model",
-        f"m={files['inflated']}",
-        "--image-vae",
-        files["image_vae"],
-        "--baselines",
-        "--videos",
-        files["clip"],
-        "--segments",
-        "2",
-        "--i3d-weights",
-        i3d,
-        "--grid-frames",
-        "1",
-        "3",
-        "--out",
+        files,
         out,
+        *["--videos", files["clip"], "--segments", "2", "--i3d-weights", i3d],
+        *["--grid-frames", "1", "3"],
         *TOY,
     )
     assert code == 0, err
