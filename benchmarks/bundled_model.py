@@ -565,11 +565,12 @@ def ablation_table(result: dict, reference: str = "decoder-random") -> str:
         "|---|---|---|---|---|",
     ]
     for name in [*ABLATIONS, SEED_VARIANT[0]]:
-        diff = torch.tensor(per_segment[name]) - base
+        scores = torch.tensor(per_segment[name])
+        diff = scores - base
         noise = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
         gaps = " / ".join(f"{compat[name][m]['psnr_gap']:.2f}" for m in ("slice", "mean", "first"))
         lines.append(
-            f"| {name} | {float(torch.tensor(per_segment[name]).mean()):.2f} | "
+            f"| {name} | {float(scores.mean()):.2f} | "
             f"{float(diff.mean()):+.2f} +- {noise:.2f} | {gaps} | "
             f"{compat[name]['first_frame_latent_error']:.3f} |"
         )
