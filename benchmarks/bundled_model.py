@@ -11,7 +11,7 @@ Stages:
   eval-image the image VAE on the held-out photos and frames at 128x128 (PSNR, SSIM, mean
              signed error per channel), written as JSON;
   cv-vae     the CV-VAE inflated from the image VAE and trained with ``cvvae.training.train``
-             in two phases (``cvvae_config``, then ``continuation_config`` from its model);
+             in the phases of CVVAE_PHASES, each from the previous one's model;
   eval-video the CV-VAE against uniform frame sampling and the image VAE on every frame, on the
              held-out segments of PROTOCOLS, written as JSON;
   ablations  the paper's latent-regularization variants (ABLATIONS), same steps and batches;
@@ -60,7 +60,15 @@ PIECE_FRAMES = 80  # CV-VAE training videos are cut into pieces this long (half 
 # the clips that move, CV-VAE's training videos -> rows per piece in the list (a sampling weight)
 MOVING_CLIPS = {"Megamind.avi": 2, "vtest.avi": 1, "tree.avi": 1}
 EVAL_FRAMES = 17
-CVVAE_STEPS = (1500, 2000)  # the CV-VAE's two phases (continuation_config)
+# the CV-VAE's training phases in order (phase_config): output folder -> (steps, the phase whose
+# model it starts from, learning rate, EMA decay, seed); the first starts from the inflated image
+# VAE; a new seed draws other batches than the phase before
+CVVAE_PHASES = {
+    "cvvae": (1500, None, 2e-4, 0.98, 0),
+    "cvvae_long": (2000, "cvvae", 1.5e-4, 0.995, 0),
+    "cvvae_phase3": (3000, "cvvae_long", 1e-4, 0.998, 3),
+}
+FINAL_PHASE = list(CVVAE_PHASES)[-1]
 # protocol name -> (clips, frame stride): held-out 17-frame segments at 128x128
 PROTOCOLS = {
     "moving-stride2": (["Megamind.avi", "vtest.avi"], 2),
@@ -143,16 +151,18 @@ def cvvae_config(out: Path, steps: int, loss: dict | None = None) -> dict:
     }
 
 
-def continuation_config(out: Path, steps: int) -> dict:
-    """The CV-VAE's second phase: from the first phase's model (``out/cvvae/model``), ``steps``
-    more with larger clips too (17x96x96), a lower learning rate, a slower EMA and the PatchGAN
-    for the last 15%; writes ``out/cvvae_long``."""
-    config = cvvae_config(out, steps)
-    config["output_dir"] = str(out / "cvvae_long")
-    config["model"]["init_from"] = str(out / "cvvae" / "model")
-    config["data"]["video_shapes"].append([17, 96])
-    config["loss"]["gan_start"] = int(steps * 0.84)
-    config["optim"] |= {"lr": 1.5e-4, "ema_decay": 0.995}
+def phase_config(out: Path, name: str, steps: int | None = None) -> dict:
+    """The config of the CV-VAE training phase ``name`` (CVVAE_PHASES; ``steps`` overrides its
+    own): the first is ``cvvae_config``; each later one starts from the previous phase's model
+    with 17x96x96 clips too, its own learning rate and EMA, and the PatchGAN for the last 16%."""
+    default_steps, start, lr, ema, seed = CVVAE_PHASES[name]
+    steps = steps or default_steps
+    config = cvvae_config(out, steps) | {"output_dir": str(out / name), "seed": seed}
+    config["optim"] |= {"lr": lr, "ema_decay": ema}
+    if start:
+        config["model"]["init_from"] = str(out / start / "model")
+        config["data"]["video_shapes"].append([17, 96])
+        config["loss"]["gan_start"] = int(steps * 0.84)
     return config
 
 
@@ -529,9 +539,10 @@ def run_ablations(out: Path, steps: int, info: dict) -> dict:
 
 def bundle(out: Path, target: Path) -> None:
     """Write the pair into ``target`` (``image_vae/``, ``model/``) with float16 weights (they load
-    as float32), the model folder holding both phases' training configs; each folder is written
-    beside its old version and swapped in when complete."""
-    final = out / "cvvae_long" / "model"
+    as float32), the model folder holding every phase's training config (``train_config.yaml``
+    the last's, ``train_config_phase<N>.yaml`` the earlier ones'); each folder is written beside
+    its old version and swapped in when complete."""
+    final = out / FINAL_PHASE / "model"
     pair = {
         "image_vae": AutoencoderKL.from_pretrained(out / "image_vae"),
         "model": CVVAE.from_pretrained(final),
@@ -545,9 +556,9 @@ def bundle(out: Path, target: Path) -> None:
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if name == "model":
             shutil.copy(final / "train_config.yaml", staging / "train_config.yaml")
-            shutil.copy(
-                out / "cvvae" / "model" / "train_config.yaml", staging / "train_config_phase1.yaml"
-            )
+            for number, phase in enumerate(list(CVVAE_PHASES)[:-1], start=1):
+                config = out / phase / "model" / "train_config.yaml"
+                shutil.copy(config, staging / f"train_config_phase{number}.yaml")
         if (target / name).exists():
             os.replace(target / name, old)
         os.replace(staging, target / name)
@@ -588,7 +599,7 @@ def main() -> None:
     parser.add_argument(
         "--steps",
         type=int,
-        help="steps: image-vae (default 5000), each cv-vae phase (default 1500, 2000), "
+        help="steps: image-vae (default 5000), each cv-vae phase (default CVVAE_PHASES), "
         "each ablation (default 300)",
     )
     parser.add_argument(
@@ -607,19 +618,15 @@ def main() -> None:
     elif args.stage == "image-vae":
         print(train_image_vae(args.out, s))
     elif args.stage == "cv-vae":
-        first, second = CVVAE_STEPS if args.steps is None else (args.steps, args.steps)
-        phases = {
-            "cvvae": cvvae_config(args.out, first),
-            "cvvae_long": continuation_config(args.out, second),
-        }
-        for name, config in phases.items():
+        for name in CVVAE_PHASES:
+            config = phase_config(args.out, name, args.steps)
             config_path = args.out / f"{name}_config.yaml"
             config_path.write_text(yaml.safe_dump(config))
             print(train(load_config(config_path)))
     elif args.stage == "eval-video":
         info = json.loads((args.out / "data" / "split.json").read_text())
         image_vae = AutoencoderKL.from_pretrained(args.out / "image_vae").eval()
-        models = {"cv-vae": CVVAE.from_pretrained(args.model or args.out / "cvvae_long" / "model")}
+        models = {"cv-vae": CVVAE.from_pretrained(args.model or args.out / FINAL_PHASE / "model")}
         results = {}
         for name in PROTOCOLS:
             results[name] = evaluate_protocol(info, models, image_vae, name)

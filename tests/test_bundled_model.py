@@ -119,7 +119,7 @@ def test_ablation_table_pairs_segments(recipe):
 
 def test_bundle_writes_the_pair_in_float16_and_replaces_the_old(recipe, tmp_path):
     """The bundled pair is stored in float16, loads as float32 equal to the trained weights up to
-    float16 rounding, carries both phases' configs and replaces what the folder held."""
+    float16 rounding, carries every phase's config and replaces what the folder held."""
     from diffusers import AutoencoderKL
     from safetensors.torch import load_file
 
@@ -130,7 +130,7 @@ def test_bundle_writes_the_pair_in_float16_and_replaces_the_old(recipe, tmp_path
     image_vae = recipe.make_image_vae(recipe.ImageVAESettings(channels=(8, 8, 8, 8), norm_groups=4))
     image_vae.save_pretrained(out / "image_vae")
     model = inflate_from_image_vae(image_vae)
-    for phase in ("cvvae", "cvvae_long"):
+    for phase in recipe.CVVAE_PHASES:
         model.save_pretrained(out / phase / "model")
         (out / phase / "model" / "train_config.yaml").write_text(f"phase: {phase}\n")
     (target / "model").mkdir(parents=True)
@@ -138,8 +138,11 @@ def test_bundle_writes_the_pair_in_float16_and_replaces_the_old(recipe, tmp_path
     recipe.bundle(out, target)
     assert sorted(p.name for p in target.iterdir()) == ["image_vae", "model"]
     assert not (target / "model" / "stale.txt").exists()
-    assert (target / "model" / "train_config.yaml").read_text() == "phase: cvvae_long\n"
-    assert (target / "model" / "train_config_phase1.yaml").read_text() == "phase: cvvae\n"
+    *earlier, last = recipe.CVVAE_PHASES
+    assert (target / "model" / "train_config.yaml").read_text() == f"phase: {last}\n"
+    for number, phase in enumerate(earlier, start=1):
+        config = target / "model" / f"train_config_phase{number}.yaml"
+        assert config.read_text() == f"phase: {phase}\n"
     for folder in ("image_vae", "model"):
         weights = load_file(target / folder / "diffusion_pytorch_model.safetensors")
         assert {v.dtype for v in weights.values()} == {torch.float16}
@@ -151,3 +154,18 @@ def test_bundle_writes_the_pair_in_float16_and_replaces_the_old(recipe, tmp_path
     reloaded = AutoencoderKL.from_pretrained(target / "image_vae")
     for name, value in image_vae.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name].float(), value.half().float()), name
+
+
+def test_each_training_phase_starts_from_the_model_of_the_phase_before(recipe, tmp_path):
+    """The first phase inflates the image VAE; each later one loads the previous phase's model,
+    writes its own folder and keeps the recipe's loss (decoder regularization, psi random)."""
+    names = list(recipe.CVVAE_PHASES)
+    first = recipe.phase_config(tmp_path, names[0])
+    assert "init_from" not in first["model"]
+    assert first == recipe.cvvae_config(tmp_path, recipe.CVVAE_PHASES[names[0]][0])
+    for before, name in zip(names[:-1], names[1:], strict=True):
+        config = recipe.phase_config(tmp_path, name, steps=100)
+        assert config["model"]["init_from"] == str(tmp_path / before / "model")
+        assert config["output_dir"] == str(tmp_path / name)
+        assert config["max_steps"] == 100 and config["loss"]["gan_start"] == 84
+        assert config["loss"]["psi"] == "random" and config["loss"]["decoder_reg_weight"] > 0
