@@ -67,6 +67,7 @@ CVVAE_PHASES = {
     "cvvae": (1500, None, 2e-4, 0.98, 0),
     "cvvae_long": (2000, "cvvae", 1.5e-4, 0.995, 0),
     "cvvae_phase3": (3000, "cvvae_long", 1e-4, 0.998, 3),
+    "cvvae_phase4": (1200, "cvvae_phase3", 5e-5, 0.998, 4),
 }
 FINAL_PHASE = list(CVVAE_PHASES)[-1]
 # protocol name -> (clips, frame stride): held-out 17-frame segments at 128x128
