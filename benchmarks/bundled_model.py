@@ -48,6 +48,7 @@ from cvvae.evaluation.metrics import psnr, ssim
 from cvvae.evaluation.sampling import fill_frames, keyframe_indices
 from cvvae.io import atomic_path, read_image, read_video, write_video
 from cvvae.training import load_config, train
+from cvvae.training.latent_reg import psi
 
 SHARED = Path(os.environ.get("CVVAE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "cvvae" / "assets"
@@ -456,11 +457,19 @@ def motion_psnr(clip: torch.Tensor) -> float:
     return float(psnr(clip[:, between], filled[:, between]).mean())
 
 
+def psi_spread_psnr(clip: torch.Tensor) -> float:
+    """PSNR between the psi ``slice`` and ``mean`` targets of ``clip``'s latent frames after the
+    first: how far apart the two frames are that one latent frame is asked to be."""
+    targets = [psi(clip[None], mode)[0][:, 1:] for mode in ("slice", "mean")]
+    return float(psnr(*targets).mean())
+
+
 def evaluate_protocol(info: dict, models: dict, image_vae: AutoencoderKL, name: str) -> dict:
     """Every model and the baselines on the held-out segments of protocol ``name``:
-    ``{"segments", "motion_psnr", "summary"}`` (see :func:`cvvae.evaluation.summarize_videos`)."""
+    ``{"segments", "motion_psnr", "psi_spread_psnr", "summary", ...}`` (see
+    :func:`cvvae.evaluation.summarize_videos`)."""
     clips, stride = PROTOCOLS[name]
-    segments, results, motion = held_out_segments(info, clips, stride), [], []
+    segments, results, motion, spread = held_out_segments(info, clips, stride), [], [], []
     for clip_name, first in segments:
         clip, _ = read_video(
             SHARED / "data" / "videos" / clip_name,
@@ -471,9 +480,11 @@ def evaluate_protocol(info: dict, models: dict, image_vae: AutoencoderKL, name: 
         )
         results.append(evaluate_video(clip, models, image_vae, baselines=True))
         motion.append(motion_psnr(clip))
+        spread.append(psi_spread_psnr(clip))
     return {
         "segments": [list(s) for s in segments],
         "motion_psnr": sum(motion) / len(motion),
+        "psi_spread_psnr": sum(spread) / len(spread),
         "per_segment_psnr": {
             method: [float(r.scores[method].psnr.mean()) for r in results]
             for method in results[0].scores
@@ -488,7 +499,7 @@ def protocol_table(name: str, result: dict) -> str:
     methods, compat = result["summary"]["methods"], result["summary"]["compatibility"]
     lines = [
         f"{name}: {len(result['segments'])} segments, keyframe interpolation "
-        f"{result['motion_psnr']:.2f} dB",
+        f"{result['motion_psnr']:.2f} dB, psi slice vs mean targets {result['psi_spread_psnr']:.2f} dB",
         "",
         "| method | latent frames | PSNR | SSIM | image decoder gap (slice / mean / first) |",
         "|---|---|---|---|---|",

@@ -169,3 +169,14 @@ def test_each_training_phase_starts_from_the_model_of_the_phase_before(recipe, t
         assert config["output_dir"] == str(tmp_path / name)
         assert config["max_steps"] == 100 and config["loss"]["gan_start"] == 84
         assert config["loss"]["psi"] == "random" and config["loss"]["decoder_reg_weight"] > 0
+
+
+def test_psi_spread_is_infinite_on_a_still_clip_and_falls_with_motion(recipe):
+    """The slice and mean targets of a latent frame coincide on a still clip, and drift apart
+    as the clip moves faster."""
+    still = _clip(1, 0.0).expand(3, 17, 48, 64)
+    slow = _clip(17, 0.0)
+    fast = torch.stack([_clip(1, 0.4 * i)[:, 0] for i in range(17)], dim=1)
+    assert recipe.psi_spread_psnr(still) == math.inf
+    assert math.isfinite(recipe.psi_spread_psnr(slow))
+    assert recipe.psi_spread_psnr(fast) < recipe.psi_spread_psnr(slow)
