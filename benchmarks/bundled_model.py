@@ -569,8 +569,8 @@ def bundle(out: Path, target: Path) -> None:
         if name == "model":
             shutil.copy(final / "train_config.yaml", staging / "train_config.yaml")
             for number, phase in enumerate(list(CVVAE_PHASES)[:-1], start=1):
-                config = out / phase / "model" / "train_config.yaml"
-                shutil.copy(config, staging / f"train_config_phase{number}.yaml")
+                earlier = out / phase / "model" / "train_config.yaml"
+                shutil.copy(earlier, staging / f"train_config_phase{number}.yaml")
         if (target / name).exists():
             os.replace(target / name, old)
         os.replace(staging, target / name)
