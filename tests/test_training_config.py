@@ -41,6 +41,7 @@ def test_int_widens_to_float():
         ("data.video_shapes=[[9, 30]]", "multiple of 8"),
         ("data.image_ratio=0.5", "needs data.images"),
         ("data.frame_stride=[3, 1]", "frame_stride"),
+        ("data.hue_rotation=1.5", "data.hue_rotation must be in [0, 1]"),
         ("mixed_precision=fp8", "mixed_precision"),
         ("model.image_vae=/some/vae", "exactly one of image_vae"),
         ("batch_size", "key=value"),

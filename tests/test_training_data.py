@@ -16,6 +16,7 @@ from cvvae.training.data import (
     BatchPlan,
     ClipDataset,
     make_loader,
+    rotate_hue,
     validation_keys,
 )
 
@@ -119,6 +120,31 @@ def test_clip_is_the_frames_at_the_drawn_stride(clips):
         )
     ]
     assert len(matches) >= 1
+
+
+def test_hue_rotation_turns_chroma_and_keeps_luma_and_greys():
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(3, 2, 8, 8, generator=g) * 0.6 - 0.3  # room to turn without clipping
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1, 1)
+    turned = rotate_hue(video, 2.0)
+    assert torch.allclose((turned * luma).sum(0), (video * luma).sum(0), atol=1e-5)
+    assert (turned - video).abs().max() > 0.05
+    assert torch.allclose(rotate_hue(turned, -2.0), video, atol=1e-5)
+    assert torch.allclose(rotate_hue(video, 2 * np.pi), video, atol=1e-5)
+    grey = torch.linspace(-1, 1, 5).view(1, 5).expand(3, 5)
+    assert torch.allclose(rotate_hue(grey, 1.0), grey, atol=1e-5)
+    red = torch.tensor([1.0, -1.0, -1.0]).view(3, 1)
+    assert rotate_hue(red, -2 * np.pi / 3).argmax() == 1  # a third of a turn: red -> green
+    assert rotate_hue(red, 2 * np.pi / 3).argmax() == 2  # the other way: red -> blue
+
+
+def test_hue_rotation_share_of_samples(clips):
+    config = _config(hue_rotation=0.5)
+    plain, turned = ClipDataset(clips, [], _config()), ClipDataset(clips, [], config)
+    keys = [k for b in range(8) for k in BatchPlan(len(clips), 0, config, seed=0).batch(b)]
+    changed = [not torch.equal(plain[k]["video"], turned[k]["video"]) for k in keys]
+    assert 3 <= sum(changed) <= 13
+    assert all(torch.equal(turned[k]["video"], turned[k]["video"]) for k in keys[:2])
 
 
 def test_images_are_one_frame_clips(tmp_path):

@@ -61,7 +61,8 @@ class DataConfig:
     each video batch uses one pair. ``image_ratio`` is the fraction of batches made of images
     (T = 1 clips of ``image_size``). Clips are read with a random frame stride drawn from
     ``frame_stride`` (inclusive range), resized so the short side is ``size * s`` with ``s``
-    uniform in ``resize_range``, then randomly cropped.
+    uniform in ``resize_range``, then randomly cropped. A ``hue_rotation`` share of samples
+    has its hue turned by a random angle (a colour augmentation; luma and greys unchanged).
     """
 
     videos: list[str] = field(default_factory=list)
@@ -71,6 +72,7 @@ class DataConfig:
     image_ratio: float = 0.0
     frame_stride: list[int] = field(default_factory=lambda: [1, 8])
     resize_range: list[float] = field(default_factory=lambda: [1.0, 1.25])
+    hue_rotation: float = 0.0
     batch_size: int = 1
     num_workers: int = 2
     max_read_tries: int = 8
@@ -240,6 +242,7 @@ def validate(config: TrainConfig) -> None:
         len(d.resize_range) == 2 and 1.0 <= d.resize_range[0] <= d.resize_range[1],
         "data.resize_range must be [min, max] with 1 <= min <= max",
     )
+    _require(0.0 <= d.hue_rotation <= 1.0, "data.hue_rotation must be in [0, 1]")
     _require(d.batch_size >= 1, "data.batch_size must be >= 1")
     _require(d.num_workers >= 0, "data.num_workers must be >= 0")
     _require(d.max_read_tries >= 1, "data.max_read_tries must be >= 1")
