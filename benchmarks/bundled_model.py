@@ -7,7 +7,8 @@ Stages:
              frames cached as uint8 tensors, training clip portions written as videos + a list;
   image-vae  L1 + SSIM + KL on random crops at several scales of training photos and frames
              (flips, scale jitter), AdamW, EMA; checkpoints every few minutes, exact resume;
-             exports the EMA weights with the scaling factor of the training latents;
+             exports the EMA weights with the scaling factor of the training latents; then the
+             phases of IMAGE_VAE_PHASES after the first, each fine-tuning the one before;
   eval-image the image VAE on the held-out photos and frames at 128x128 (PSNR, SSIM, mean
              signed error per channel), written as JSON;
   cv-vae     the CV-VAE inflated from the image VAE and trained with ``cvvae.training.train``
@@ -33,7 +34,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +49,7 @@ from cvvae.evaluation.metrics import psnr, ssim
 from cvvae.evaluation.sampling import fill_frames, keyframe_indices
 from cvvae.io import atomic_path, read_image, read_video, write_video
 from cvvae.training import load_config, train
+from cvvae.training.data import rotate_hue
 from cvvae.training.latent_reg import psi
 
 SHARED = Path(os.environ.get("CVVAE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -62,13 +64,15 @@ PIECE_FRAMES = 80  # CV-VAE training videos are cut into pieces this long (half 
 MOVING_CLIPS = {"Megamind.avi": 2, "vtest.avi": 1, "tree.avi": 1}
 EVAL_FRAMES = 17
 # the CV-VAE's training phases in order (phase_config): output folder -> (steps, the phase whose
-# model it starts from, learning rate, EMA decay, seed); the first starts from the inflated image
-# VAE; a new seed draws other batches than the phase before
+# model it starts from, learning rate, EMA decay, seed, the image VAE (IMAGE_VAE_PHASES) of its
+# latent regularization, the share of hue-rotated samples); the first starts from the inflated
+# image VAE; a new seed draws other batches than the phase before
 CVVAE_PHASES = {
-    "cvvae": (1500, None, 2e-4, 0.98, 0),
-    "cvvae_long": (2000, "cvvae", 1.5e-4, 0.995, 0),
-    "cvvae_phase3": (3000, "cvvae_long", 1e-4, 0.998, 3),
-    "cvvae_phase4": (1200, "cvvae_phase3", 5e-5, 0.998, 4),
+    "cvvae": (1500, None, 2e-4, 0.98, 0, "image_vae", 0.0),
+    "cvvae_long": (2000, "cvvae", 1.5e-4, 0.995, 0, "image_vae", 0.0),
+    "cvvae_phase3": (3000, "cvvae_long", 1e-4, 0.998, 3, "image_vae", 0.0),
+    "cvvae_phase4": (1200, "cvvae_phase3", 5e-5, 0.998, 4, "image_vae", 0.0),
+    "cvvae_phase5": (1200, "cvvae_phase4", 1e-4, 0.998, 5, "image_vae_colour", 0.5),
 }
 FINAL_PHASE = list(CVVAE_PHASES)[-1]
 # protocol name -> (clips, frame stride): held-out 17-frame segments at 128x128
@@ -101,6 +105,26 @@ class ImageVAESettings:
     scale_range: tuple[float, float] = (128.0, 320.0)  # short side before cropping (log-uniform)
     checkpoint_every: int = 200
     seed: int = 0
+    hue_rotation: float = 0.0  # share of crops with a random hue turn (a colour augmentation)
+    init_from: str | None = None  # the image VAE phase to fine-tune (its latent scale is kept)
+
+
+# the image VAE's training phases in order (output folder -> settings): the first from scratch,
+# the second fine-tunes all of it with hue-rotated crops so that colours it never saw (saturated
+# greens, yellows) come back right; the CV-VAE phases after it learn its (slightly moved) latents
+IMAGE_VAE_PHASES = {
+    "image_vae": ImageVAESettings(),
+    "image_vae_colour": ImageVAESettings(
+        steps=1500,
+        lr=2e-4,
+        warmup=100,
+        ema_decay=0.995,
+        seed=1,
+        hue_rotation=0.5,
+        init_from="image_vae",
+    ),
+}
+FINAL_IMAGE_VAE = list(IMAGE_VAE_PHASES)[-1]
 
 
 def cvvae_config(out: Path, steps: int, loss: dict | None = None) -> dict:
@@ -157,10 +181,13 @@ def phase_config(out: Path, name: str, steps: int | None = None) -> dict:
     """The config of the CV-VAE training phase ``name`` (CVVAE_PHASES; ``steps`` overrides its
     own): the first is ``cvvae_config``; each later one starts from the previous phase's model
     with 17x96x96 clips too, its own learning rate and EMA, and the PatchGAN for the last 16%."""
-    default_steps, start, lr, ema, seed = CVVAE_PHASES[name]
+    default_steps, start, lr, ema, seed, image_vae, hue_rotation = CVVAE_PHASES[name]
     steps = steps or default_steps
     config = cvvae_config(out, steps) | {"output_dir": str(out / name), "seed": seed}
     config["optim"] |= {"lr": lr, "ema_decay": ema}
+    config["model"]["image_vae"] = str(out / image_vae)
+    if hue_rotation:
+        config["data"]["hue_rotation"] = hue_rotation
     if start:
         config["model"]["init_from"] = str(out / start / "model")
         config["data"]["video_shapes"].append([17, 96])
@@ -256,7 +283,8 @@ def write_clip_pieces(data: Path, name: str, video: torch.Tensor, rate) -> None:
 class CropSampler:
     """Random training crops ``(B, 3, S, S)`` in [-1, 1]: a photo or a clip frame, resized so its
     short side is log-uniform in ``scale_range``, cropped at random, flipped left-right half the
-    time. Batch ``b`` depends only on ``(seed, b)``, so a resumed run sees the same batches."""
+    time, its hue turned at random in a ``hue_rotation`` share of crops. Batch ``b`` depends only
+    on ``(seed, b)``, so a resumed run sees the same batches."""
 
     def __init__(self, data: Path, s: ImageVAESettings):
         photos = load_file(str(data / "photos.safetensors"))
@@ -285,7 +313,10 @@ class CropSampler:
             x = x[:, top : top + s.crop, left : left + s.crop]
             if float(torch.rand((), generator=gen)) < 0.5:
                 x = x.flip(-1)
-            out.append(x / 127.5 - 1.0)
+            x = x / 127.5 - 1.0
+            if s.hue_rotation and float(torch.rand((), generator=gen)) < s.hue_rotation:
+                x = rotate_hue(x, 2 * math.pi * float(torch.rand((), generator=gen)))
+            out.append(x)
         return torch.stack(out)
 
 
@@ -336,16 +367,21 @@ def _save_checkpoint(folder: Path, step: int, vae, ema, opt, log: list) -> None:
         tmp.write_text(json.dumps({"step": step, "log": log}))
 
 
-def train_image_vae(out: Path, s: ImageVAESettings, stop_after: int | None = None) -> Path | None:
-    """Train (resuming from ``out/image_vae_ckpt`` when present) and export to ``out/image_vae``
-    (:func:`export_image_vae`); returns that folder. With ``stop_after``, stop at that step with
-    a checkpoint and return None (a later call resumes there)."""
+def train_image_vae(
+    out: Path, s: ImageVAESettings, stop_after: int | None = None, name: str = "image_vae"
+) -> Path | None:
+    """Train (from scratch, or from ``out/<s.init_from>``; resuming from ``out/<name>_ckpt`` when
+    present) and export to ``out/<name>`` (:func:`export_image_vae`); returns that folder. With
+    ``stop_after``, stop at that step with a checkpoint and return None (a later call resumes)."""
     sampler = CropSampler(out / "data", s)
-    vae, ema = make_image_vae(s), make_image_vae(s)
+    if s.init_from:
+        vae, ema = (AutoencoderKL.from_pretrained(out / s.init_from) for _ in range(2))
+    else:
+        vae, ema = make_image_vae(s), make_image_vae(s)
     ema.load_state_dict(vae.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(vae.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    ckpt, step, log = out / "image_vae_ckpt", 0, []
+    ckpt, step, log = out / f"{name}_ckpt", 0, []
     if (ckpt / "progress.json").is_file():
         state = torch.load(ckpt / "state.pt", weights_only=True)
         vae.load_state_dict(state["vae"])
@@ -354,7 +390,7 @@ def train_image_vae(out: Path, s: ImageVAESettings, stop_after: int | None = Non
         progress = json.loads((ckpt / "progress.json").read_text())
         step, log = progress["step"], progress["log"]
         print(f"resumed at step {step}", flush=True)
-    (out / "image_vae_settings.json").write_text(json.dumps(asdict(s), indent=2))
+    (out / f"{name}_settings.json").write_text(json.dumps(asdict(s), indent=2))
     tick = time.perf_counter()
     end = s.steps if stop_after is None else min(stop_after, s.steps)
     while step < end:
@@ -379,14 +415,17 @@ def train_image_vae(out: Path, s: ImageVAESettings, stop_after: int | None = Non
             _save_checkpoint(ckpt, step, vae, ema, opt, log)
     if step < s.steps:
         return None
-    return export_image_vae(out, {"ema": ema, "raw": vae}, sampler)
+    return export_image_vae(out / name, {"ema": ema, "raw": vae}, sampler)
 
 
 @torch.no_grad()
-def export_image_vae(out: Path, candidates: dict[str, AutoencoderKL], sampler: CropSampler) -> Path:
+def export_image_vae(
+    folder: Path, candidates: dict[str, AutoencoderKL], sampler: CropSampler
+) -> Path:
     """Save the candidate (EMA or raw weights) with the lower L1 on 64 training crops that no
-    training step drew, with ``scaling_factor`` = 1 / std of its latent means on them (so scaled
-    latents have unit variance, as SD's 0.18215 does). Held-out data plays no part."""
+    training step drew into ``folder``; a model trained from scratch gets ``scaling_factor`` =
+    1 / std of its latent means on them (so scaled latents have unit variance, as SD's 0.18215
+    does), a fine-tuned one keeps its start's. Held-out data plays no part."""
     crops = torch.cat([sampler.batch(10**6 + b) for b in range(64 // sampler.s.batch)])
     scores = {}
     for name, vae in candidates.items():
@@ -395,11 +434,12 @@ def export_image_vae(out: Path, candidates: dict[str, AutoencoderKL], sampler: C
         scores[name] = float((recon - crops).abs().mean())
     name = min(scores, key=scores.get)
     vae = candidates[name]
-    std = float(vae.encode(crops).latent_dist.mean.std())
-    vae.register_to_config(scaling_factor=round(1.0 / std, 5))
-    vae.save_pretrained(out / "image_vae")
+    if not sampler.s.init_from:
+        std = float(vae.encode(crops).latent_dist.mean.std())
+        vae.register_to_config(scaling_factor=round(1.0 / std, 5))
+    vae.save_pretrained(folder)
     print(f"exported {name} weights (training-crop L1 {scores})", flush=True)
-    return out / "image_vae"
+    return folder
 
 
 def held_out_images(info: dict) -> dict[str, torch.Tensor]:
@@ -556,7 +596,7 @@ def bundle(out: Path, target: Path) -> None:
     its old version and swapped in when complete."""
     final = out / FINAL_PHASE / "model"
     pair = {
-        "image_vae": AutoencoderKL.from_pretrained(out / "image_vae"),
+        "image_vae": AutoencoderKL.from_pretrained(out / FINAL_IMAGE_VAE),
         "model": CVVAE.from_pretrained(final),
     }
     for name, model in pair.items():
@@ -611,7 +651,8 @@ def main() -> None:
     parser.add_argument(
         "--steps",
         type=int,
-        help="steps: image-vae (default 5000), each cv-vae phase (default CVVAE_PHASES), "
+        help="steps: each image-vae phase (default IMAGE_VAE_PHASES), each cv-vae phase "
+        "(default CVVAE_PHASES), "
         "each ablation (default 300)",
     )
     parser.add_argument(
@@ -624,11 +665,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    s = ImageVAESettings(**({"steps": args.steps} if args.steps else {}))
     if args.stage == "data":
         prepare_data(args.out)
     elif args.stage == "image-vae":
-        print(train_image_vae(args.out, s))
+        for name, s in IMAGE_VAE_PHASES.items():
+            s = replace(s, steps=args.steps) if args.steps else s
+            print(train_image_vae(args.out, s, name=name))
     elif args.stage == "cv-vae":
         for name in CVVAE_PHASES:
             config = phase_config(args.out, name, args.steps)
@@ -637,7 +679,7 @@ def main() -> None:
             print(train(load_config(config_path)))
     elif args.stage == "eval-video":
         info = json.loads((args.out / "data" / "split.json").read_text())
-        image_vae = AutoencoderKL.from_pretrained(args.out / "image_vae").eval()
+        image_vae = AutoencoderKL.from_pretrained(args.out / FINAL_IMAGE_VAE).eval()
         models = {"cv-vae": CVVAE.from_pretrained(args.model or args.out / FINAL_PHASE / "model")}
         results = {}
         for name in PROTOCOLS:
@@ -654,11 +696,15 @@ def main() -> None:
         (args.out / "ablations_eval.json").write_text(json.dumps(result, indent=2))
     else:
         info = json.loads((args.out / "data" / "split.json").read_text())
-        vae = AutoencoderKL.from_pretrained(args.out / "image_vae").eval()
+        vae = AutoencoderKL.from_pretrained(args.out / FINAL_IMAGE_VAE).eval()
         sets = held_out_images(info)
         results = {k: evaluate_image_vae(vae, v) for k, v in sets.items()}
         frames = [v for k, v in sets.items() if k.startswith("frames:")]
         results["frames"] = evaluate_image_vae(vae, torch.cat(frames))
+        results["per_photo"] = {
+            name: evaluate_image_vae(vae, photo[None])
+            for name, photo in zip(info["held_out_photos"], sets["photos"], strict=True)
+        }
         print(json.dumps(results, indent=2))
         (args.out / "image_vae_eval.json").write_text(json.dumps(results, indent=2))
 

@@ -3,7 +3,9 @@ the held-out split, held-out segments, and the image VAE loop's exact resume."""
 
 import json
 import math
+from dataclasses import replace
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,6 +99,21 @@ def test_prepare_data_and_image_vae_resume_exactly(recipe, tmp_path):
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
     assert (out / "image_vae" / "config.json").is_file()
+    # a fine-tuning phase starts from that model, turns hues, keeps its latent scale
+    tuned = replace(settings, init_from="image_vae", hue_rotation=1.0, seed=1)
+    turned = recipe.CropSampler(data, tuned).batch(0)
+    assert not torch.equal(
+        turned, recipe.CropSampler(data, replace(tuned, hue_rotation=0.0)).batch(0)
+    )
+    recipe.train_image_vae(out, tuned, name="image_vae_colour")
+    start, end = (
+        json.loads((out / n / "config.json").read_text()) for n in ("image_vae", "image_vae_colour")
+    )
+    assert end["scaling_factor"] == start["scaling_factor"]
+    start_weights = torch.load(out / "image_vae_ckpt" / "state.pt", weights_only=True)["vae"]
+    tuned_weights = torch.load(out / "image_vae_colour_ckpt" / "state.pt", weights_only=True)["vae"]
+    assert all(torch.isfinite(v).all() for v in tuned_weights.values())
+    assert any(not torch.equal(v, tuned_weights[k]) for k, v in start_weights.items())
 
 
 def test_ablation_table_pairs_segments(recipe):
@@ -128,7 +145,7 @@ def test_bundle_writes_the_pair_in_float16_and_replaces_the_old(recipe, tmp_path
 
     out, target = tmp_path / "run", tmp_path / "assets"
     image_vae = recipe.make_image_vae(recipe.ImageVAESettings(channels=(8, 8, 8, 8), norm_groups=4))
-    image_vae.save_pretrained(out / "image_vae")
+    image_vae.save_pretrained(out / recipe.FINAL_IMAGE_VAE)
     model = inflate_from_image_vae(image_vae)
     for phase in recipe.CVVAE_PHASES:
         model.save_pretrained(out / phase / "model")
@@ -169,6 +186,22 @@ def test_each_training_phase_starts_from_the_model_of_the_phase_before(recipe, t
         assert config["output_dir"] == str(tmp_path / name)
         assert config["max_steps"] == 100 and config["loss"]["gan_start"] == 84
         assert config["loss"]["psi"] == "random" and config["loss"]["decoder_reg_weight"] > 0
+
+
+def test_image_vae_phases_chain_and_the_last_cvvae_phase_learns_the_bundled_image_vae(recipe):
+    """Each image VAE phase after the first fine-tunes the one before; every CV-VAE phase names an
+    image VAE phase, and the last one the final image VAE, the one bundled beside it."""
+    names = list(recipe.IMAGE_VAE_PHASES)
+    assert recipe.IMAGE_VAE_PHASES[names[0]].init_from is None
+    for before, name in zip(names[:-1], names[1:], strict=True):
+        assert recipe.IMAGE_VAE_PHASES[name].init_from == before
+    out = Path("/runs")
+    for name, row in recipe.CVVAE_PHASES.items():
+        config = recipe.phase_config(out, name)
+        assert config["model"]["image_vae"] == str(out / row[5]) and row[5] in names
+        assert config["data"].get("hue_rotation", 0.0) == row[6]
+    last = recipe.phase_config(out, recipe.FINAL_PHASE)
+    assert last["model"]["image_vae"] == str(out / recipe.FINAL_IMAGE_VAE)
 
 
 def test_psi_spread_is_infinite_on_a_still_clip_and_falls_with_motion(recipe):
