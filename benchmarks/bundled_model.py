@@ -7,7 +7,7 @@ Stages:
              frames cached as uint8 tensors, training clip portions written as videos + a list;
   image-vae  L1 + SSIM + KL on random crops at several scales of training photos and frames
              (flips, scale jitter), AdamW, EMA; checkpoints every few minutes, exact resume;
-             exports the EMA weights with the scaling factor of the training latents; then the
+             exports the EMA or raw weights with the scale of the training latents; then the
              phases of IMAGE_VAE_PHASES after the first, each fine-tuning the one before;
   eval-image the image VAE on the held-out photos and frames at 128x128 (PSNR, SSIM, mean
              signed error per channel), written as JSON;
@@ -646,7 +646,12 @@ def main() -> None:
         "stage",
         choices=["data", "image-vae", "eval-image", "cv-vae", "eval-video", "ablations", "bundle"],
     )
-    parser.add_argument("--model", type=Path, help="eval-video: the CV-VAE folder")
+    parser.add_argument(
+        "--phase",
+        choices=list(CVVAE_PHASES),
+        default=FINAL_PHASE,
+        help="eval-video: the CV-VAE phase to measure, against its own image VAE (default: the last)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bundled"))
     parser.add_argument(
         "--steps",
@@ -679,8 +684,8 @@ def main() -> None:
             print(train(load_config(config_path)))
     elif args.stage == "eval-video":
         info = json.loads((args.out / "data" / "split.json").read_text())
-        image_vae = AutoencoderKL.from_pretrained(args.out / FINAL_IMAGE_VAE).eval()
-        models = {"cv-vae": CVVAE.from_pretrained(args.model or args.out / FINAL_PHASE / "model")}
+        image_vae = AutoencoderKL.from_pretrained(args.out / CVVAE_PHASES[args.phase][5]).eval()
+        models = {"cv-vae": CVVAE.from_pretrained(args.out / args.phase / "model")}
         results = {}
         for name in PROTOCOLS:
             results[name] = evaluate_protocol(info, models, image_vae, name)
