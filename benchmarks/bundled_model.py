@@ -10,7 +10,8 @@ Stages:
              exports the EMA or raw weights with the scale of the training latents; then the
              phases of IMAGE_VAE_PHASES after the first, each fine-tuning the one before;
   eval-image the image VAE on the held-out photos and frames at 128x128 (PSNR, SSIM, mean
-             signed error per channel), written as JSON;
+             signed error per channel), written as JSON, and a picture of the held-out photos
+             (top row) and each image VAE phase's round trip of them (a row each);
   cv-vae     the CV-VAE inflated from the image VAE and trained with ``cvvae.training.train``
              in the phases of CVVAE_PHASES, each from the previous one's model;
   eval-video the CV-VAE against uniform frame sampling and the image VAE on every frame, on the
@@ -47,7 +48,7 @@ from cvvae import CVVAE
 from cvvae.evaluation import evaluate_video, summarize_videos
 from cvvae.evaluation.metrics import psnr, ssim
 from cvvae.evaluation.sampling import fill_frames, keyframe_indices
-from cvvae.io import atomic_path, read_image, read_video, write_video
+from cvvae.io import atomic_path, read_image, read_video, write_image, write_video
 from cvvae.training import load_config, train
 from cvvae.training.data import rotate_hue
 from cvvae.training.latent_reg import psi
@@ -461,12 +462,17 @@ def held_out_images(info: dict) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+def round_trip(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """The posterior-mean round trip of ``images`` ``(N, 3, H, W)``, clipped to [-1, 1]."""
+    return torch.cat(
+        [vae.decode(vae.encode(x).latent_dist.mean).sample for x in images.split(8)]
+    ).clamp(-1, 1)
+
+
 def evaluate_image_vae(vae: AutoencoderKL, images: torch.Tensor) -> dict:
     """PSNR / SSIM (means over images) and mean signed error per RGB channel in 1/255 units of
     the posterior-mean round trip of ``images`` ``(N, 3, H, W)``."""
-    recon = torch.cat(
-        [vae.decode(vae.encode(x).latent_dist.mean).sample for x in images.split(8)]
-    ).clamp(-1, 1)
+    recon = round_trip(vae, images)
     signed = (recon - images).mean(dim=(0, 2, 3)) * 127.5
     return {
         "count": len(images),
@@ -711,6 +717,10 @@ def main() -> None:
             for name, photo in zip(info["held_out_photos"], sets["photos"], strict=True)
         }
         print(json.dumps(results, indent=2))
+        phases = [AutoencoderKL.from_pretrained(args.out / name) for name in IMAGE_VAE_PHASES]
+        rows = [sets["photos"]] + [round_trip(phase.eval(), sets["photos"]) for phase in phases]
+        grid = torch.cat([torch.cat(list(row), dim=-1) for row in rows], dim=-2)
+        write_image(args.out / "image_vae_photos.jpg", grid, quality=90)
         (args.out / "image_vae_eval.json").write_text(json.dumps(results, indent=2))
 
 
