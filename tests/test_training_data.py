@@ -145,6 +145,8 @@ def test_hue_rotation_share_of_samples(clips):
     changed = [not torch.equal(plain[k]["video"], turned[k]["video"]) for k in keys]
     assert 3 <= sum(changed) <= 13
     assert all(torch.equal(turned[k]["video"], turned[k]["video"]) for k in keys[:2])
+    for key in validation_keys(turned, 6, seed=0):  # validation clips keep their colours
+        assert torch.equal(turned[key]["video"], plain[key]["video"])
 
 
 def test_images_are_one_frame_clips(tmp_path):

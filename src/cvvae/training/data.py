@@ -24,13 +24,15 @@ from cvvae.training.config import DataConfig
 @dataclass(frozen=True)
 class SampleKey:
     """One planned sample: ``kind`` ``video``/``image``, file ``index`` in that kind's list,
-    clip ``frames`` (1 for images) and square crop ``size``, and the sample's random ``seed``."""
+    clip ``frames`` (1 for images) and square crop ``size``, the sample's random ``seed``, and
+    whether colour augmentation may apply (not to validation clips)."""
 
     kind: str
     index: int
     frames: int
     size: int
     seed: int
+    augment: bool = True
 
 
 class ClipDataset(Dataset):
@@ -57,7 +59,7 @@ class ClipDataset(Dataset):
                     clip = self._read_clip(files[index], key.frames, key.size, rng)
                 else:
                     clip = self._read_still(files[index], key.size, rng)
-                if rng.random() < self.config.hue_rotation:
+                if key.augment and rng.random() < self.config.hue_rotation:
                     clip = rotate_hue(clip, float(rng.uniform(0.0, 2 * np.pi)))
                 return {"video": clip, "skipped": skipped}
             except UserInputError as err:
@@ -181,14 +183,16 @@ def _shard(count: int, rank: int, world: int) -> np.ndarray:
 
 def validation_keys(dataset: ClipDataset, count: int, seed: int) -> list[SampleKey]:
     """Fixed keys for ``count`` validation clips: the first videos (cycled) at the first video
-    shape, or images when there are no videos; the same crops every time."""
+    shape, or images when there are no videos; the same crops every time, colours untouched."""
     config = dataset.config
     if dataset.files["video"]:
         kind, (frames, size) = "video", config.video_shapes[0]
     else:
         kind, frames, size = "image", 1, config.image_size
     num_files = len(dataset.files[kind])
-    return [SampleKey(kind, i % num_files, frames, size, seed + i) for i in range(count)]
+    return [
+        SampleKey(kind, i % num_files, frames, size, seed + i, augment=False) for i in range(count)
+    ]
 
 
 def make_loader(dataset: ClipDataset, plan: BatchPlan, num_workers: int) -> DataLoader:
