@@ -10,8 +10,9 @@ Stages:
              exports the EMA or raw weights with the scale of the training latents; then the
              phases of IMAGE_VAE_PHASES after the first, each fine-tuning the one before;
   eval-image the image VAE on the held-out photos and frames at 128x128 (PSNR, SSIM, mean
-             signed error per channel), written as JSON, and a picture of the held-out photos
-             (top row) and each image VAE phase's round trip of them (a row each);
+             signed error per channel) and the CV-VAE on the photos as one-frame videos,
+             written as JSON, and a picture of the held-out photos (top row) and each image
+             VAE phase's round trip of them (a row each);
   cv-vae     the CV-VAE inflated from the image VAE and trained with ``cvvae.training.train``
              in the phases of CVVAE_PHASES, each from the previous one's model;
   eval-video the CV-VAE against uniform frame sampling and the image VAE on every frame, on the
@@ -462,14 +463,19 @@ def held_out_images(info: dict) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def round_trip(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
-    """The posterior-mean round trip of ``images`` ``(N, 3, H, W)``, clipped to [-1, 1]."""
-    return torch.cat(
-        [vae.decode(vae.encode(x).latent_dist.mean).sample for x in images.split(8)]
-    ).clamp(-1, 1)
+def round_trip(vae: AutoencoderKL | CVVAE, images: torch.Tensor) -> torch.Tensor:
+    """The posterior-mean round trip of ``images`` ``(N, 3, H, W)``, clipped to [-1, 1]; a
+    CV-VAE codes each image as a one-frame video."""
+    video = isinstance(vae, CVVAE)
+    out = []
+    for x in images.split(8):
+        x = x[:, :, None] if video else x
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample
+        out.append(y[:, :, 0] if video else y)
+    return torch.cat(out).clamp(-1, 1)
 
 
-def evaluate_image_vae(vae: AutoencoderKL, images: torch.Tensor) -> dict:
+def evaluate_image_vae(vae: AutoencoderKL | CVVAE, images: torch.Tensor) -> dict:
     """PSNR / SSIM (means over images) and mean signed error per RGB channel in 1/255 units of
     the posterior-mean round trip of ``images`` ``(N, 3, H, W)``."""
     recon = round_trip(vae, images)
@@ -656,7 +662,8 @@ def main() -> None:
         "--phase",
         choices=list(CVVAE_PHASES),
         default=FINAL_PHASE,
-        help="eval-video: the CV-VAE phase to measure, against its own image VAE (default: the last)",
+        help="eval-video: the CV-VAE phase to measure, against its own image VAE; eval-image: the "
+        "CV-VAE phase to run on the held-out photos as one-frame videos (default: the last)",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bundled"))
     parser.add_argument(
@@ -712,10 +719,13 @@ def main() -> None:
         results = {k: evaluate_image_vae(vae, v) for k, v in sets.items()}
         frames = [v for k, v in sets.items() if k.startswith("frames:")]
         results["frames"] = evaluate_image_vae(vae, torch.cat(frames))
-        results["per_photo"] = {
-            name: evaluate_image_vae(vae, photo[None])
-            for name, photo in zip(info["held_out_photos"], sets["photos"], strict=True)
-        }
+        cvvae = CVVAE.from_pretrained(args.out / args.phase / "model").eval()
+        for prefix, model in (("", vae), ("cv-vae:", cvvae)):
+            results[f"{prefix}per_photo"] = {
+                name: evaluate_image_vae(model, photo[None])
+                for name, photo in zip(info["held_out_photos"], sets["photos"], strict=True)
+            }
+        results["cv-vae:photos"] = evaluate_image_vae(cvvae, sets["photos"])
         print(json.dumps(results, indent=2))
         phases = [AutoencoderKL.from_pretrained(args.out / name) for name in IMAGE_VAE_PHASES]
         rows = [sets["photos"]] + [round_trip(phase.eval(), sets["photos"]) for phase in phases]
