@@ -38,6 +38,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -65,16 +66,29 @@ PIECE_FRAMES = 80  # CV-VAE training videos are cut into pieces this long (half 
 # the clips that move, CV-VAE's training videos -> rows per piece in the list (a sampling weight)
 MOVING_CLIPS = {"Megamind.avi": 2, "vtest.avi": 1, "tree.avi": 1}
 EVAL_FRAMES = 17
-# the CV-VAE's training phases in order (phase_config): output folder -> (steps, the phase whose
-# model it starts from, learning rate, EMA decay, seed, the image VAE (IMAGE_VAE_PHASES) of its
-# latent regularization, the share of hue-rotated samples); the first starts from the inflated
-# image VAE; a new seed draws other batches than the phase before
+
+
+class CVVAEPhase(NamedTuple):
+    """One CV-VAE training phase: ``start`` is the phase whose model it starts from (None: the
+    inflated image VAE), ``image_vae`` the IMAGE_VAE_PHASES entry of its latent regularization,
+    ``hue_rotation`` the share of hue-rotated samples; a new ``seed`` draws other batches."""
+
+    steps: int
+    start: str | None
+    lr: float
+    ema: float
+    seed: int
+    image_vae: str
+    hue_rotation: float
+
+
+# the CV-VAE's training phases in order (phase_config): output folder -> CVVAEPhase
 CVVAE_PHASES = {
-    "cvvae": (1500, None, 2e-4, 0.98, 0, "image_vae", 0.0),
-    "cvvae_long": (2000, "cvvae", 1.5e-4, 0.995, 0, "image_vae", 0.0),
-    "cvvae_phase3": (3000, "cvvae_long", 1e-4, 0.998, 3, "image_vae", 0.0),
-    "cvvae_phase4": (1200, "cvvae_phase3", 5e-5, 0.998, 4, "image_vae", 0.0),
-    "cvvae_phase5": (2000, "cvvae_phase4", 1e-4, 0.998, 5, "image_vae_colour", 0.5),
+    "cvvae": CVVAEPhase(1500, None, 2e-4, 0.98, 0, "image_vae", 0.0),
+    "cvvae_long": CVVAEPhase(2000, "cvvae", 1.5e-4, 0.995, 0, "image_vae", 0.0),
+    "cvvae_phase3": CVVAEPhase(3000, "cvvae_long", 1e-4, 0.998, 3, "image_vae", 0.0),
+    "cvvae_phase4": CVVAEPhase(1200, "cvvae_phase3", 5e-5, 0.998, 4, "image_vae", 0.0),
+    "cvvae_phase5": CVVAEPhase(2000, "cvvae_phase4", 1e-4, 0.998, 5, "image_vae_colour", 0.5),
 }
 FINAL_PHASE = list(CVVAE_PHASES)[-1]
 # protocol name -> (clips, frame stride): held-out 17-frame segments at 128x128
@@ -183,15 +197,15 @@ def phase_config(out: Path, name: str, steps: int | None = None) -> dict:
     """The config of the CV-VAE training phase ``name`` (CVVAE_PHASES; ``steps`` overrides its
     own): the first is ``cvvae_config``; each later one starts from the previous phase's model
     with 17x96x96 clips too, its own learning rate and EMA, and the PatchGAN for the last 16%."""
-    default_steps, start, lr, ema, seed, image_vae, hue_rotation = CVVAE_PHASES[name]
-    steps = steps or default_steps
-    config = cvvae_config(out, steps) | {"output_dir": str(out / name), "seed": seed}
-    config["optim"] |= {"lr": lr, "ema_decay": ema}
-    config["model"]["image_vae"] = str(out / image_vae)
-    if hue_rotation:
-        config["data"]["hue_rotation"] = hue_rotation
-    if start:
-        config["model"]["init_from"] = str(out / start / "model")
+    phase = CVVAE_PHASES[name]
+    steps = steps or phase.steps
+    config = cvvae_config(out, steps) | {"output_dir": str(out / name), "seed": phase.seed}
+    config["optim"] |= {"lr": phase.lr, "ema_decay": phase.ema}
+    config["model"]["image_vae"] = str(out / phase.image_vae)
+    if phase.hue_rotation:
+        config["data"]["hue_rotation"] = phase.hue_rotation
+    if phase.start:
+        config["model"]["init_from"] = str(out / phase.start / "model")
         config["data"]["video_shapes"].append([17, 96])
         config["loss"]["gan_start"] = int(steps * 0.84)
     return config
@@ -697,7 +711,8 @@ def main() -> None:
             print(train(load_config(config_path)))
     elif args.stage == "eval-video":
         info = json.loads((args.out / "data" / "split.json").read_text())
-        image_vae = AutoencoderKL.from_pretrained(args.out / CVVAE_PHASES[args.phase][5]).eval()
+        phase = CVVAE_PHASES[args.phase]
+        image_vae = AutoencoderKL.from_pretrained(args.out / phase.image_vae).eval()
         models = {"cv-vae": CVVAE.from_pretrained(args.out / args.phase / "model")}
         results = {}
         for name in PROTOCOLS:
@@ -714,7 +729,8 @@ def main() -> None:
         (args.out / "ablations_eval.json").write_text(json.dumps(result, indent=2))
     else:
         info = json.loads((args.out / "data" / "split.json").read_text())
-        vae = AutoencoderKL.from_pretrained(args.out / FINAL_IMAGE_VAE).eval()
+        phases = {n: AutoencoderKL.from_pretrained(args.out / n).eval() for n in IMAGE_VAE_PHASES}
+        vae = phases[FINAL_IMAGE_VAE]
         sets = held_out_images(info)
         results = {k: evaluate_image_vae(vae, v) for k, v in sets.items()}
         frames = [v for k, v in sets.items() if k.startswith("frames:")]
@@ -727,8 +743,7 @@ def main() -> None:
             }
         results["cv-vae:photos"] = evaluate_image_vae(cvvae, sets["photos"])
         print(json.dumps(results, indent=2))
-        phases = [AutoencoderKL.from_pretrained(args.out / name) for name in IMAGE_VAE_PHASES]
-        rows = [sets["photos"]] + [round_trip(phase.eval(), sets["photos"]) for phase in phases]
+        rows = [sets["photos"]] + [round_trip(phase, sets["photos"]) for phase in phases.values()]
         grid = torch.cat([torch.cat(list(row), dim=-1) for row in rows], dim=-2)
         write_image(args.out / "image_vae_photos.jpg", grid, quality=90)
         (args.out / "image_vae_eval.json").write_text(json.dumps(results, indent=2))

@@ -179,7 +179,7 @@ def test_each_training_phase_starts_from_the_model_of_the_phase_before(recipe, t
     names = list(recipe.CVVAE_PHASES)
     first = recipe.phase_config(tmp_path, names[0])
     assert "init_from" not in first["model"]
-    assert first == recipe.cvvae_config(tmp_path, recipe.CVVAE_PHASES[names[0]][0])
+    assert first == recipe.cvvae_config(tmp_path, recipe.CVVAE_PHASES[names[0]].steps)
     for before, name in zip(names[:-1], names[1:], strict=True):
         config = recipe.phase_config(tmp_path, name, steps=100)
         assert config["model"]["init_from"] == str(tmp_path / before / "model")
@@ -196,10 +196,11 @@ def test_image_vae_phases_chain_and_the_last_cvvae_phase_learns_the_bundled_imag
     for before, name in zip(names[:-1], names[1:], strict=True):
         assert recipe.IMAGE_VAE_PHASES[name].init_from == before
     out = Path("/runs")
-    for name, row in recipe.CVVAE_PHASES.items():
+    for name, phase in recipe.CVVAE_PHASES.items():
         config = recipe.phase_config(out, name)
-        assert config["model"]["image_vae"] == str(out / row[5]) and row[5] in names
-        assert config["data"].get("hue_rotation", 0.0) == row[6]
+        assert config["model"]["image_vae"] == str(out / phase.image_vae)
+        assert phase.image_vae in names
+        assert config["data"].get("hue_rotation", 0.0) == phase.hue_rotation
     last = recipe.phase_config(out, recipe.FINAL_PHASE)
     assert last["model"]["image_vae"] == str(out / recipe.FINAL_IMAGE_VAE)
 

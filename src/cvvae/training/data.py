@@ -106,10 +106,11 @@ def _random_crop(video: torch.Tensor, size: int, rng: np.random.Generator) -> to
     return video[..., top : top + size, left : left + size].contiguous()
 
 
-# RGB -> YIQ (luma Y, chroma I and Q; NTSC); a hue rotation turns the (I, Q) plane
+# RGB -> YIQ (luma Y, chroma I and Q; NTSC) and back; a hue rotation turns the (I, Q) plane
 _RGB_TO_YIQ = torch.tensor(
     [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
 )
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
 def rotate_hue(video: torch.Tensor, angle: float) -> torch.Tensor:
@@ -118,7 +119,7 @@ def rotate_hue(video: torch.Tensor, angle: float) -> torch.Tensor:
     sources learns to reproduce colours it has not seen."""
     cos, sin = np.cos(angle), np.sin(angle)
     turn = torch.tensor([[1, 0, 0], [0, cos, -sin], [0, sin, cos]], dtype=torch.float64)
-    matrix = (torch.linalg.inv(_RGB_TO_YIQ) @ turn @ _RGB_TO_YIQ).to(video.dtype)
+    matrix = (_YIQ_TO_RGB @ turn @ _RGB_TO_YIQ).to(video.dtype)
     return torch.einsum("ij,j...->i...", matrix, video).clamp(-1.0, 1.0)
 
 
