@@ -89,6 +89,7 @@ CVVAE_PHASES = {
     "cvvae_phase3": CVVAEPhase(3000, "cvvae_long", 1e-4, 0.998, 3, "image_vae", 0.0),
     "cvvae_phase4": CVVAEPhase(1200, "cvvae_phase3", 5e-5, 0.998, 4, "image_vae", 0.0),
     "cvvae_phase5": CVVAEPhase(2000, "cvvae_phase4", 1e-4, 0.998, 5, "image_vae_colour", 0.5),
+    "cvvae_phase6": CVVAEPhase(3000, "cvvae_phase5", 7e-5, 0.998, 6, "image_vae_colour", 0.5),
 }
 FINAL_PHASE = list(CVVAE_PHASES)[-1]
 # protocol name -> (clips, frame stride): held-out 17-frame segments at 128x128
