@@ -479,15 +479,11 @@ def held_out_images(info: dict) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def round_trip(vae: AutoencoderKL | CVVAE, images: torch.Tensor) -> torch.Tensor:
-    """The posterior-mean round trip of ``images`` ``(N, 3, H, W)``, clipped to [-1, 1]; a
-    CV-VAE codes each image as a one-frame video."""
-    video = isinstance(vae, CVVAE)
-    out = []
-    for x in images.split(8):
-        x = x[:, :, None] if video else x
-        y = vae.decode(vae.encode(x).latent_dist.mean).sample
-        out.append(y[:, :, 0] if video else y)
-    return torch.cat(out).clamp(-1, 1)
+    """The posterior-mean round trip of ``images`` ``(N, 3, H, W)``, clipped to [-1, 1] (a
+    CV-VAE codes each image as a one-frame video)."""
+    return torch.cat(
+        [vae.decode(vae.encode(x).latent_dist.mean).sample for x in images.split(8)]
+    ).clamp(-1, 1)
 
 
 def evaluate_image_vae(vae: AutoencoderKL | CVVAE, images: torch.Tensor) -> dict:
