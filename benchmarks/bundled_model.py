@@ -71,7 +71,8 @@ EVAL_FRAMES = 17
 class CVVAEPhase(NamedTuple):
     """One CV-VAE training phase: ``start`` is the phase whose model it starts from (None: the
     inflated image VAE), ``image_vae`` the IMAGE_VAE_PHASES entry of its latent regularization,
-    ``hue_rotation`` the share of hue-rotated samples; a new ``seed`` draws other batches."""
+    ``hue_rotation`` the share of hue-rotated samples; a new ``seed`` draws other batches;
+    ``psi`` the target of the decoder latent regularization (the paper's ``random`` by default)."""
 
     steps: int
     start: str | None
@@ -80,6 +81,7 @@ class CVVAEPhase(NamedTuple):
     seed: int
     image_vae: str
     hue_rotation: float
+    psi: str = "random"
 
 
 # the CV-VAE's training phases in order (phase_config): output folder -> CVVAEPhase
@@ -90,6 +92,11 @@ CVVAE_PHASES = {
     "cvvae_phase4": CVVAEPhase(1200, "cvvae_phase3", 5e-5, 0.998, 4, "image_vae", 0.0),
     "cvvae_phase5": CVVAEPhase(2000, "cvvae_phase4", 1e-4, 0.998, 5, "image_vae_colour", 0.5),
     "cvvae_phase6": CVVAEPhase(3000, "cvvae_phase5", 7e-5, 0.998, 6, "image_vae_colour", 0.5),
+    # psi slice moves each latent frame from near the mean of its four frames towards the last;
+    # a short phase leaves it between the two (image-decoder gaps about 1 dB to each)
+    "cvvae_phase7": CVVAEPhase(
+        950, "cvvae_phase6", 5e-5, 0.998, 7, "image_vae_colour", 0.5, psi="slice"
+    ),
 }
 FINAL_PHASE = list(CVVAE_PHASES)[-1]
 # protocol name -> (clips, frame stride): held-out 17-frame segments at 128x128
@@ -203,6 +210,7 @@ def phase_config(out: Path, name: str, steps: int | None = None) -> dict:
     config = cvvae_config(out, steps) | {"output_dir": str(out / name), "seed": phase.seed}
     config["optim"] |= {"lr": phase.lr, "ema_decay": phase.ema}
     config["model"]["image_vae"] = str(out / phase.image_vae)
+    config["loss"]["psi"] = phase.psi
     if phase.hue_rotation:
         config["data"]["hue_rotation"] = phase.hue_rotation
     if phase.start:
