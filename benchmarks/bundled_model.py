@@ -204,7 +204,8 @@ def cvvae_config(out: Path, steps: int, loss: dict | None = None) -> dict:
 def phase_config(out: Path, name: str, steps: int | None = None) -> dict:
     """The config of the CV-VAE training phase ``name`` (CVVAE_PHASES; ``steps`` overrides its
     own): the first is ``cvvae_config``; each later one starts from the previous phase's model
-    with 17x96x96 clips too, its own learning rate and EMA, and the PatchGAN for the last 16%."""
+    with 17x96x96 clips too, its own learning rate, EMA and psi, and the PatchGAN for the last
+    16%."""
     phase = CVVAE_PHASES[name]
     steps = steps or phase.steps
     config = cvvae_config(out, steps) | {"output_dir": str(out / name), "seed": phase.seed}
