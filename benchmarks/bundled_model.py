@@ -48,6 +48,7 @@ from safetensors.torch import load_file, save_file
 
 from cvvae import CVVAE
 from cvvae.evaluation import evaluate_video, summarize_videos
+from cvvae.evaluation.codecs import image_reconstruct
 from cvvae.evaluation.metrics import psnr, ssim
 from cvvae.evaluation.sampling import fill_frames, keyframe_indices
 from cvvae.io import atomic_path, read_image, read_video, write_image, write_video
@@ -65,6 +66,8 @@ EVAL_SIZE = (128, 128)
 PIECE_FRAMES = 80  # CV-VAE training videos are cut into pieces this long (half overlapping)
 # the clips that move, CV-VAE's training videos -> rows per piece in the list (a sampling weight)
 MOVING_CLIPS = {"Megamind.avi": 2, "vtest.avi": 1, "tree.avi": 1}
+# the CV-VAE's video lists -> rows per piece of the other (nearly static) clips
+VIDEO_LISTS = {"train_videos.csv": 0, "train_videos_all.csv": 1}
 EVAL_FRAMES = 17
 
 
@@ -72,7 +75,8 @@ class CVVAEPhase(NamedTuple):
     """One CV-VAE training phase: ``start`` is the phase whose model it starts from (None: the
     inflated image VAE), ``image_vae`` the IMAGE_VAE_PHASES entry of its latent regularization,
     ``hue_rotation`` the share of hue-rotated samples; a new ``seed`` draws other batches;
-    ``psi`` the target of the decoder latent regularization (the paper's ``random`` by default)."""
+    ``psi`` the target of the decoder latent regularization (the paper's ``random`` by default);
+    ``videos`` its VIDEO_LISTS entry (the moving clips only by default)."""
 
     steps: int
     start: str | None
@@ -82,6 +86,7 @@ class CVVAEPhase(NamedTuple):
     image_vae: str
     hue_rotation: float
     psi: str = "random"
+    videos: str = "train_videos.csv"
 
 
 # the CV-VAE's training phases in order (phase_config): output folder -> CVVAEPhase
@@ -212,6 +217,7 @@ def phase_config(out: Path, name: str, steps: int | None = None) -> dict:
     config["optim"] |= {"lr": phase.lr, "ema_decay": phase.ema}
     config["model"]["image_vae"] = str(out / phase.image_vae)
     config["loss"]["psi"] = phase.psi
+    config["data"]["videos"] = [str(out / "data" / phase.videos)]
     if phase.hue_rotation:
         config["data"]["hue_rotation"] = phase.hue_rotation
     if phase.start:
@@ -256,8 +262,8 @@ def _short_side(h: int, w: int, side: int) -> tuple[int, int]:
 
 def prepare_data(out: Path) -> None:
     """Write ``split.json``, ``photos.safetensors`` / ``frames.safetensors`` (uint8 training
-    photos ``(3, H, W)`` and clip frames ``(T, 3, H, W)`` of every clip: the image VAE's data) and
-    :func:`write_clip_pieces` (the CV-VAE's videos)."""
+    photos ``(3, H, W)`` and clip frames ``(T, 3, H, W)`` of every clip: the image VAE's data),
+    :func:`write_clip_pieces` of every clip and the lists of VIDEO_LISTS (the CV-VAE's videos)."""
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     info = split(SHARED)
@@ -277,18 +283,18 @@ def prepare_data(out: Path) -> None:
         size = _short_side(meta.height, meta.width, FRAME_SIDE)
         video = F.interpolate(video.transpose(0, 1), size, mode="area")[start:stop]
         frames[name] = _to_uint8(video)  # (T, 3, H, W)
-        if name in MOVING_CLIPS:
-            write_clip_pieces(data, name, video.transpose(0, 1), meta.rate)
+        write_clip_pieces(data, name, video.transpose(0, 1), meta.rate)
         print(f"  {name}: {stop - start} training frames at {size}", flush=True)
     for name, tensors in (("photos", photos), ("frames", frames)):
         with atomic_path(data / f"{name}.safetensors") as tmp:
             save_file(tensors, str(tmp))
-    rows = ["path"] + [
-        f"videos/{p.name}"
-        for p in sorted((data / "videos").glob("*.mp4"))
-        for _ in range(MOVING_CLIPS[p.name.split("_part")[0]])
-    ]
-    (data / "train_videos.csv").write_text("\n".join(rows) + "\n")
+    for list_name, still_weight in VIDEO_LISTS.items():
+        rows = ["path"] + [
+            f"videos/{p.name}"
+            for p in sorted((data / "videos").glob("*.mp4"))
+            for _ in range(MOVING_CLIPS.get(p.name.split("_part")[0], still_weight))
+        ]
+        (data / list_name).write_text("\n".join(rows) + "\n")
     (data / "split.json").write_text(json.dumps(info, indent=2))
 
 
@@ -536,12 +542,25 @@ def psi_spread_psnr(clip: torch.Tensor) -> float:
     return float(psnr(*targets).mean())
 
 
+@torch.no_grad()
+def midpoint_psnr(clip: torch.Tensor, image_vae: AutoencoderKL) -> dict[str, float]:
+    """PSNR against the psi ``slice`` and ``mean`` targets of ``clip`` ``(3, 1+4k, H, W)`` (mean
+    over the ``1+k`` latent frames) of the image VAE's own round trip of the frame halfway
+    between the two: the image decoder reading a latent frame it could make itself, placed to
+    serve both targets equally (a reference for a CV-VAE's image-decoder gaps)."""
+    slice_, mean = (psi(clip[None], mode)[0] for mode in ("slice", "mean"))
+    decoded = image_reconstruct(image_vae, (slice_ + mean) / 2)
+    return {"slice": float(psnr(slice_, decoded).mean()), "mean": float(psnr(mean, decoded).mean())}
+
+
 def evaluate_protocol(info: dict, models: dict, image_vae: AutoencoderKL, name: str) -> dict:
     """Every model and the baselines on the held-out segments of protocol ``name``:
-    ``{"segments", "motion_psnr", "psi_spread_psnr", "summary", ...}`` (see
-    :func:`cvvae.evaluation.summarize_videos`)."""
+    ``{"segments", "motion_psnr", "psi_spread_psnr", "midpoint_gap", "summary", ...}`` (see
+    :func:`cvvae.evaluation.summarize_videos`; ``midpoint_gap``: the image-decoder gaps per psi
+    mode of :func:`midpoint_psnr`)."""
     clips, stride = PROTOCOLS[name]
     segments, results, motion, spread = held_out_segments(info, clips, stride), [], [], []
+    midpoint = []
     for clip_name, first in segments:
         clip, _ = read_video(
             SHARED / "data" / "videos" / clip_name,
@@ -553,15 +572,22 @@ def evaluate_protocol(info: dict, models: dict, image_vae: AutoencoderKL, name: 
         results.append(evaluate_video(clip, models, image_vae, baselines=True))
         motion.append(motion_psnr(clip))
         spread.append(psi_spread_psnr(clip))
+        midpoint.append(midpoint_psnr(clip, image_vae))
+    summary = summarize_videos(results)
+    reference = next(iter(summary["compatibility"].values()))
     return {
         "segments": [list(s) for s in segments],
         "motion_psnr": sum(motion) / len(motion),
         "psi_spread_psnr": sum(spread) / len(spread),
+        "midpoint_gap": {
+            mode: reference[mode]["image_vae_psnr"] - sum(m[mode] for m in midpoint) / len(midpoint)
+            for mode in ("slice", "mean")
+        },
         "per_segment_psnr": {
             method: [float(r.scores[method].psnr.mean()) for r in results]
             for method in results[0].scores
         },
-        "summary": summarize_videos(results),
+        "summary": summary,
     }
 
 
@@ -571,7 +597,9 @@ def protocol_table(name: str, result: dict) -> str:
     methods, compat = result["summary"]["methods"], result["summary"]["compatibility"]
     lines = [
         f"{name}: {len(result['segments'])} segments, keyframe interpolation "
-        f"{result['motion_psnr']:.2f} dB, psi slice vs mean targets {result['psi_spread_psnr']:.2f} dB",
+        f"{result['motion_psnr']:.2f} dB, psi slice vs mean targets {result['psi_spread_psnr']:.2f} dB, "
+        "image-decoder gaps of the image VAE's latent of the frame halfway between them "
+        f"{result['midpoint_gap']['slice']:.2f} / {result['midpoint_gap']['mean']:.2f}",
         "",
         "| method | latent frames | PSNR | SSIM | image decoder gap (slice / mean / first) |",
         "|---|---|---|---|---|",

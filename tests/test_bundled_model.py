@@ -72,6 +72,11 @@ def test_prepare_data_and_image_vae_resume_exactly(recipe, tmp_path):
     rows = (data / "train_videos.csv").read_text().split()
     assert rows[0] == "path" and len(rows) > 1
     assert all(r.startswith("videos/moving.mp4_part") for r in rows[1:])  # moving clips only
+    # the other list adds each piece of the still clip once
+    every = (data / "train_videos_all.csv").read_text().split()
+    still = [r for r in every if r.startswith("videos/still.mp4_part")]
+    assert still and len(set(still)) == len(still)
+    assert sorted(every) == sorted(rows + still)
     assert (
         sorted(p.name for p in (data / "photos").iterdir())
         == json.loads((data / "split.json").read_text())["train_photos"]
@@ -175,8 +180,8 @@ def test_bundle_writes_the_pair_in_float16_and_replaces_the_old(recipe, tmp_path
 
 def test_each_training_phase_starts_from_the_model_of_the_phase_before(recipe, tmp_path):
     """The first phase inflates the image VAE; each later one loads the previous phase's model,
-    writes its own folder and keeps the recipe's decoder regularization, with the psi its row
-    names (the paper's random unless the row says otherwise)."""
+    writes its own folder and keeps the recipe's decoder regularization, with the psi and the
+    video list its row names (the paper's random and the moving clips unless it says otherwise)."""
     names = list(recipe.CVVAE_PHASES)
     first = recipe.phase_config(tmp_path, names[0])
     assert "init_from" not in first["model"]
@@ -187,6 +192,10 @@ def test_each_training_phase_starts_from_the_model_of_the_phase_before(recipe, t
         assert config["output_dir"] == str(tmp_path / name)
         assert config["max_steps"] == 100 and config["loss"]["gan_start"] == 84
         assert config["loss"]["psi"] == recipe.CVVAE_PHASES[name].psi
+        assert recipe.CVVAE_PHASES[name].videos in recipe.VIDEO_LISTS
+        assert config["data"]["videos"] == [
+            str(tmp_path / "data" / recipe.CVVAE_PHASES[name].videos)
+        ]
         assert config["loss"]["decoder_reg_weight"] > 0
 
 
@@ -216,3 +225,18 @@ def test_psi_spread_is_infinite_on_a_still_clip_and_falls_with_motion(recipe):
     assert recipe.psi_spread_psnr(still) == math.inf
     assert math.isfinite(recipe.psi_spread_psnr(slow))
     assert recipe.psi_spread_psnr(fast) < recipe.psi_spread_psnr(slow)
+
+
+def test_midpoint_of_a_still_clip_is_the_image_vaes_own_round_trip(recipe):
+    """On a still clip the frame halfway between the slice and mean targets is the target itself,
+    so its image-VAE round trip scores what the image VAE's own does (a gap of 0); on a moving
+    clip the two targets differ, and so do the scores against them."""
+    from cvvae.evaluation.codecs import image_reconstruct
+
+    vae = recipe.make_image_vae(recipe.ImageVAESettings(channels=(8, 8, 8, 8), norm_groups=4))
+    still = _clip(1, 0.0).expand(3, 17, 48, 64)
+    own = float(recipe.psnr(still[:, :5], image_reconstruct(vae, still[:, :5])).mean())
+    assert recipe.midpoint_psnr(still, vae) == {"slice": own, "mean": own}
+    moving = torch.stack([_clip(1, 0.4 * i)[:, 0] for i in range(17)], dim=1)
+    scores = recipe.midpoint_psnr(moving, vae)
+    assert scores["slice"] != scores["mean"]
