@@ -75,8 +75,9 @@ class CVVAEPhase(NamedTuple):
     """One CV-VAE training phase: ``start`` is the phase whose model it starts from (None: the
     inflated image VAE), ``image_vae`` the IMAGE_VAE_PHASES entry of its latent regularization,
     ``hue_rotation`` the share of hue-rotated samples; a new ``seed`` draws other batches;
-    ``psi`` the target of the decoder latent regularization (the paper's ``random`` by default);
-    ``videos`` its VIDEO_LISTS entry (the moving clips only by default)."""
+    ``psi`` the target of the decoder latent regularization (the paper's ``random`` by default;
+    ``slice`` picks frame ``psi_slice_offset`` of each group of four); ``videos`` its VIDEO_LISTS
+    entry (the moving clips only by default)."""
 
     steps: int
     start: str | None
@@ -86,6 +87,7 @@ class CVVAEPhase(NamedTuple):
     image_vae: str
     hue_rotation: float
     psi: str = "random"
+    psi_slice_offset: int = 3
     videos: str = "train_videos.csv"
 
 
@@ -101,6 +103,20 @@ CVVAE_PHASES = {
     # a short phase leaves it between the two (image-decoder gaps about 1 dB to each)
     "cvvae_phase7": CVVAEPhase(
         950, "cvvae_phase6", 5e-5, 0.998, 7, "image_vae_colour", 0.5, psi="slice"
+    ),
+    # the nearly static clips join the videos (the CV-VAE was weakest there), and psi targets
+    # the third frame of each group of four: between phase 7's last and psi random's any
+    "cvvae_phase8": CVVAEPhase(
+        600,
+        "cvvae_phase7",
+        3e-5,
+        0.998,
+        8,
+        "image_vae_colour",
+        0.5,
+        psi="slice",
+        psi_slice_offset=2,
+        videos="train_videos_all.csv",
     ),
 }
 FINAL_PHASE = list(CVVAE_PHASES)[-1]
@@ -194,6 +210,7 @@ def cvvae_config(out: Path, steps: int, loss: dict | None = None) -> dict:
             "decoder_reg_weight": 1.0,
             "encoder_reg_weight": 0.0,
             "psi": "random",
+            "psi_slice_offset": 3,
         }
         | (loss or {}),
         "optim": {
@@ -216,7 +233,7 @@ def phase_config(out: Path, name: str, steps: int | None = None) -> dict:
     config = cvvae_config(out, steps) | {"output_dir": str(out / name), "seed": phase.seed}
     config["optim"] |= {"lr": phase.lr, "ema_decay": phase.ema}
     config["model"]["image_vae"] = str(out / phase.image_vae)
-    config["loss"]["psi"] = phase.psi
+    config["loss"] |= {"psi": phase.psi, "psi_slice_offset": phase.psi_slice_offset}
     config["data"]["videos"] = [str(out / "data" / phase.videos)]
     if phase.hue_rotation:
         config["data"]["hue_rotation"] = phase.hue_rotation

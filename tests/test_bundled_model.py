@@ -192,6 +192,7 @@ def test_each_training_phase_starts_from_the_model_of_the_phase_before(recipe, t
         assert config["output_dir"] == str(tmp_path / name)
         assert config["max_steps"] == 100 and config["loss"]["gan_start"] == 84
         assert config["loss"]["psi"] == recipe.CVVAE_PHASES[name].psi
+        assert config["loss"]["psi_slice_offset"] == recipe.CVVAE_PHASES[name].psi_slice_offset
         assert recipe.CVVAE_PHASES[name].videos in recipe.VIDEO_LISTS
         assert config["data"]["videos"] == [
             str(tmp_path / "data" / recipe.CVVAE_PHASES[name].videos)
