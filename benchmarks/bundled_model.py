@@ -76,8 +76,9 @@ class CVVAEPhase(NamedTuple):
     inflated image VAE), ``image_vae`` the IMAGE_VAE_PHASES entry of its latent regularization,
     ``hue_rotation`` the share of hue-rotated samples; a new ``seed`` draws other batches;
     ``psi`` the target of the decoder latent regularization (the paper's ``random`` by default;
-    ``slice`` picks frame ``psi_slice_offset`` of each group of four); ``videos`` its VIDEO_LISTS
-    entry (the moving clips only by default)."""
+    ``slice`` picks frame ``psi_slice_offset`` of each group of four, ``blend`` mixes that frame,
+    ``psi_slice_share`` of it, with the group's mean) and ``decoder_reg_weight`` its weight;
+    ``videos`` its VIDEO_LISTS entry (the moving clips only by default)."""
 
     steps: int
     start: str | None
@@ -88,6 +89,8 @@ class CVVAEPhase(NamedTuple):
     hue_rotation: float
     psi: str = "random"
     psi_slice_offset: int = 3
+    psi_slice_share: float = 0.5
+    decoder_reg_weight: float = 1.0
     videos: str = "train_videos.csv"
 
 
@@ -116,6 +119,21 @@ CVVAE_PHASES = {
         0.5,
         psi="slice",
         psi_slice_offset=2,
+        videos="train_videos_all.csv",
+    ),
+    # the target between the last frame of each group (psi slice) and its mean, weighted twice:
+    # one latent frame the image decoder reads as either within 1 dB
+    "cvvae_phase9": CVVAEPhase(
+        600,
+        "cvvae_phase8",
+        5e-5,
+        0.998,
+        9,
+        "image_vae_colour",
+        0.5,
+        psi="blend",
+        psi_slice_share=0.6,
+        decoder_reg_weight=2.0,
         videos="train_videos_all.csv",
     ),
 }
@@ -211,6 +229,7 @@ def cvvae_config(out: Path, steps: int, loss: dict | None = None) -> dict:
             "encoder_reg_weight": 0.0,
             "psi": "random",
             "psi_slice_offset": 3,
+            "psi_slice_share": 0.5,
         }
         | (loss or {}),
         "optim": {
@@ -233,7 +252,12 @@ def phase_config(out: Path, name: str, steps: int | None = None) -> dict:
     config = cvvae_config(out, steps) | {"output_dir": str(out / name), "seed": phase.seed}
     config["optim"] |= {"lr": phase.lr, "ema_decay": phase.ema}
     config["model"]["image_vae"] = str(out / phase.image_vae)
-    config["loss"] |= {"psi": phase.psi, "psi_slice_offset": phase.psi_slice_offset}
+    config["loss"] |= {
+        "psi": phase.psi,
+        "psi_slice_offset": phase.psi_slice_offset,
+        "psi_slice_share": phase.psi_slice_share,
+        "decoder_reg_weight": phase.decoder_reg_weight,
+    }
     config["data"]["videos"] = [str(out / "data" / phase.videos)]
     if phase.hue_rotation:
         config["data"]["hue_rotation"] = phase.hue_rotation

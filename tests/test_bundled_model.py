@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from builders import load_benchmark
 
 from cvvae.io import write_image, write_video
+from cvvae.training import load_config
 
 
 def _clip(frames: int, phase: float) -> torch.Tensor:
@@ -180,24 +182,27 @@ def test_bundle_writes_the_pair_in_float16_and_replaces_the_old(recipe, tmp_path
 
 def test_each_training_phase_starts_from_the_model_of_the_phase_before(recipe, tmp_path):
     """The first phase inflates the image VAE; each later one loads the previous phase's model,
-    writes its own folder and keeps the recipe's decoder regularization, with the psi and the
-    video list its row names (the paper's random and the moving clips unless it says otherwise)."""
+    writes its own folder and keeps the recipe's decoder regularization, with the psi, its weight
+    and the video list its row names (the paper's random, weight 1 and the moving clips unless it
+    says otherwise), in a config the trainer accepts."""
     names = list(recipe.CVVAE_PHASES)
     first = recipe.phase_config(tmp_path, names[0])
     assert "init_from" not in first["model"]
     assert first == recipe.cvvae_config(tmp_path, recipe.CVVAE_PHASES[names[0]].steps)
     for before, name in zip(names[:-1], names[1:], strict=True):
-        config = recipe.phase_config(tmp_path, name, steps=100)
+        config, phase = recipe.phase_config(tmp_path, name, steps=100), recipe.CVVAE_PHASES[name]
         assert config["model"]["init_from"] == str(tmp_path / before / "model")
         assert config["output_dir"] == str(tmp_path / name)
         assert config["max_steps"] == 100 and config["loss"]["gan_start"] == 84
-        assert config["loss"]["psi"] == recipe.CVVAE_PHASES[name].psi
-        assert config["loss"]["psi_slice_offset"] == recipe.CVVAE_PHASES[name].psi_slice_offset
-        assert recipe.CVVAE_PHASES[name].videos in recipe.VIDEO_LISTS
-        assert config["data"]["videos"] == [
-            str(tmp_path / "data" / recipe.CVVAE_PHASES[name].videos)
-        ]
-        assert config["loss"]["decoder_reg_weight"] > 0
+        assert config["loss"]["psi"] == phase.psi
+        assert config["loss"]["psi_slice_offset"] == phase.psi_slice_offset
+        assert config["loss"]["psi_slice_share"] == phase.psi_slice_share
+        assert config["loss"]["decoder_reg_weight"] == phase.decoder_reg_weight > 0
+        assert phase.videos in recipe.VIDEO_LISTS
+        assert config["data"]["videos"] == [str(tmp_path / "data" / phase.videos)]
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        assert load_config(path).loss.psi == phase.psi  # passes the trainer's validation
 
 
 def test_image_vae_phases_chain_and_the_last_cvvae_phase_learns_the_bundled_image_vae(recipe):

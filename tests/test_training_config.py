@@ -37,6 +37,7 @@ def test_int_widens_to_float():
         ("data.batchsize=2", "unknown config key: data.batchsize"),
         ("data.batch_size=two", "data.batch_size: expected int"),
         ("loss.psi=middle", "loss.psi must be one of"),
+        ("loss.psi_slice_share=1.5", "loss.psi_slice_share must be in [0, 1]"),
         ("data.video_shapes=[[8, 32]]", "frames = 1 + 4k"),
         ("data.video_shapes=[[9, 30]]", "multiple of 8"),
         ("data.image_ratio=0.5", "needs data.images"),

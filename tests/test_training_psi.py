@@ -37,7 +37,7 @@ def test_random_is_reproducible_with_a_seeded_generator():
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("mode", ["first", "slice", "mean", "random"])
+@pytest.mark.parametrize("mode", ["first", "slice", "mean", "blend", "random"])
 def test_single_frame_maps_to_itself(mode):
     x = torch.randn(2, 3, 1, 4, 4)
     assert torch.equal(psi(x, mode, generator=torch.Generator().manual_seed(0)), x)
@@ -48,6 +48,17 @@ def test_mean_averages_each_group_and_keeps_first():
     out = psi(t, "mean")
     assert out.shape == (2, 3, 3, 2, 2)
     assert out[0, 0, :, 0, 0].tolist() == [0.0, 2.5, 6.5]
+
+
+def test_blend_weights_the_slice_frame_against_the_group_mean_and_keeps_first():
+    t = torch.arange(9, dtype=torch.float32).view(1, 1, 9, 1, 1).expand(2, 3, 9, 2, 2)
+    out = psi(t, "blend", slice_offset=3, slice_share=0.75)
+    assert out.shape == (2, 3, 3, 2, 2)
+    # groups 1..4 and 5..8: slice frames 4 and 8, means 2.5 and 6.5
+    assert out[1, 2, :, 1, 0].tolist() == [0.0, 0.75 * 4 + 0.25 * 2.5, 0.75 * 8 + 0.25 * 6.5]
+    x = torch.randn(1, 3, 9, 4, 4)
+    assert torch.equal(psi(x, "blend", slice_share=1.0), psi(x, "slice"))
+    assert torch.equal(psi(x, "blend", slice_share=0.0), psi(x, "mean"))
 
 
 def test_gathers_the_indexed_frames():

@@ -18,7 +18,7 @@ import yaml
 
 from cvvae.errors import UserInputError
 
-PSI_MODES = ("first", "slice", "mean", "random")
+PSI_MODES = ("first", "slice", "mean", "blend", "random")
 DISTANCES = ("l1", "l2")
 PRECISIONS = ("no", "fp16", "bf16")
 # Accelerate's experiment trackers; each but TensorBoard needs its package installed.
@@ -104,6 +104,7 @@ class LossConfig:
     reg_distance: str = "l1"
     psi: str = "random"
     psi_slice_offset: int = 3
+    psi_slice_share: float = 0.5
 
 
 @dataclass
@@ -248,6 +249,7 @@ def validate(config: TrainConfig) -> None:
     _require(d.max_read_tries >= 1, "data.max_read_tries must be >= 1")
     _require(lo.psi in PSI_MODES, f"loss.psi must be one of {PSI_MODES}, got {lo.psi!r}")
     _require(0 <= lo.psi_slice_offset <= 3, "loss.psi_slice_offset must be in 0..3")
+    _require(0 <= lo.psi_slice_share <= 1, "loss.psi_slice_share must be in [0, 1]")
     _require(lo.reg_distance in DISTANCES, f"loss.reg_distance must be one of {DISTANCES}")
     for name in (
         "l1_weight",

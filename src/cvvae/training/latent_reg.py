@@ -7,6 +7,8 @@ then one frame (or the mean) per group of 4 frames ``1+4j .. 4+4j``:
 - ``slice``: a fixed frame of each group, ``1 + 4j + offset``; offset 3 (the default) is the
   released code's ``x[:, :, ::4]``;
 - ``mean``: the average of the group's 4 frames;
+- ``blend``: ``slice_share * slice + (1 - slice_share) * mean``, a frame between the two that
+  an image decoder reading the latent frame can serve both as (not in the paper);
 - ``random``: one frame of each group drawn uniformly (the paper's best).
 """
 
@@ -48,9 +50,13 @@ def psi(
     mode: str,
     *,
     slice_offset: int = 3,
+    slice_share: float = 0.5,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Map a clip ``(B, C, 1+4k, H, W)`` to latent time ``(B, C, 1+k, H, W)``."""
+    if mode == "blend":
+        picked = psi(video, "slice", slice_offset=slice_offset)
+        return torch.lerp(psi(video, "mean"), picked, slice_share)
     if mode == "mean":
         num_frames = video.shape[2]
         if (num_frames - 1) % GROUP:
@@ -92,6 +98,7 @@ class LatentRegularization(nn.Module):
         *,
         psi_mode: str = "random",
         slice_offset: int = 3,
+        slice_share: float = 0.5,
         distance_kind: str = "l1",
     ):
         super().__init__()
@@ -99,6 +106,7 @@ class LatentRegularization(nn.Module):
         self._image_vae = (image_vae,)  # a tuple keeps it out of parameters() and state_dict()
         self.psi_mode = psi_mode
         self.slice_offset = slice_offset
+        self.slice_share = slice_share
         self.distance_kind = distance_kind
 
     @property
@@ -107,7 +115,13 @@ class LatentRegularization(nn.Module):
 
     def target(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """``psi(video)``: ``(B, 3, 1+4k, H, W)`` -> ``(B, 3, 1+k, H, W)``."""
-        return psi(video, self.psi_mode, slice_offset=self.slice_offset, generator=generator)
+        return psi(
+            video,
+            self.psi_mode,
+            slice_offset=self.slice_offset,
+            slice_share=self.slice_share,
+            generator=generator,
+        )
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Frozen image decoder on every latent frame: ``(B, z, t, h, w)`` -> ``(B, 3, t, H, W)``.

@@ -175,6 +175,7 @@ class Trainer:
             self.image_vae,
             psi_mode=lc.psi,
             slice_offset=lc.psi_slice_offset,
+            slice_share=lc.psi_slice_share,
             distance_kind=lc.reg_distance,
         )
         self.l1, self.kl, self.gan = L1Loss(), KLLoss(), GeneratorLoss()
