@@ -78,6 +78,7 @@ class CVVAEPhase(NamedTuple):
     ``psi`` the target of the decoder latent regularization (the paper's ``random`` by default;
     ``slice`` picks frame ``psi_slice_offset`` of each group of four, ``blend`` mixes that frame,
     ``psi_slice_share`` of it, with the group's mean) and ``decoder_reg_weight`` its weight;
+    ``freeze_encoder`` trains the decoder only (the latents stay the previous phase's);
     ``videos`` its VIDEO_LISTS entry (the moving clips only by default)."""
 
     steps: int
@@ -91,6 +92,7 @@ class CVVAEPhase(NamedTuple):
     psi_slice_offset: int = 3
     psi_slice_share: float = 0.5
     decoder_reg_weight: float = 1.0
+    freeze_encoder: bool = False
     videos: str = "train_videos.csv"
 
 
@@ -134,6 +136,19 @@ CVVAE_PHASES = {
         psi="blend",
         psi_slice_share=0.6,
         decoder_reg_weight=2.0,
+        videos="train_videos_all.csv",
+    ),
+    # the decoder alone, so the latent frames (and the image-decoder gaps) stay phase 9's
+    "cvvae_phase10": CVVAEPhase(
+        400,
+        "cvvae_phase9",
+        1e-4,
+        0.99,
+        10,
+        "image_vae_colour",
+        0.5,
+        decoder_reg_weight=0.0,
+        freeze_encoder=True,
         videos="train_videos_all.csv",
     ),
 }
@@ -261,6 +276,8 @@ def phase_config(out: Path, name: str, steps: int | None = None) -> dict:
     config["data"]["videos"] = [str(out / "data" / phase.videos)]
     if phase.hue_rotation:
         config["data"]["hue_rotation"] = phase.hue_rotation
+    if phase.freeze_encoder:
+        config["model"]["freeze_encoder"] = True
     if phase.start:
         config["model"]["init_from"] = str(out / phase.start / "model")
         config["data"]["video_shapes"].append([17, 96])

@@ -197,7 +197,9 @@ def test_each_training_phase_starts_from_the_model_of_the_phase_before(recipe, t
         assert config["loss"]["psi"] == phase.psi
         assert config["loss"]["psi_slice_offset"] == phase.psi_slice_offset
         assert config["loss"]["psi_slice_share"] == phase.psi_slice_share
-        assert config["loss"]["decoder_reg_weight"] == phase.decoder_reg_weight > 0
+        assert config["loss"]["decoder_reg_weight"] == phase.decoder_reg_weight
+        assert config["model"].get("freeze_encoder", False) == phase.freeze_encoder
+        assert phase.decoder_reg_weight > 0 or phase.freeze_encoder  # latents held either way
         assert phase.videos in recipe.VIDEO_LISTS
         assert config["data"]["videos"] == [str(tmp_path / "data" / phase.videos)]
         path = tmp_path / f"{name}.yaml"

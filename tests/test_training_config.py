@@ -38,6 +38,7 @@ def test_int_widens_to_float():
         ("data.batch_size=two", "data.batch_size: expected int"),
         ("loss.psi=middle", "loss.psi must be one of"),
         ("loss.psi_slice_share=1.5", "loss.psi_slice_share must be in [0, 1]"),
+        ("model.freeze_encoder=true", "model.freeze_encoder needs model.init_from"),
         ("data.video_shapes=[[8, 32]]", "frames = 1 + 4k"),
         ("data.video_shapes=[[9, 30]]", "multiple of 8"),
         ("data.image_ratio=0.5", "needs data.images"),
@@ -63,6 +64,16 @@ def test_int_widens_to_float():
 def test_invalid_configs_name_the_key(override, message):
     with pytest.raises(UserInputError, match=re.escape(message)):
         load_config(CONFIGS / "tiny.yaml", [override])
+
+
+def test_freeze_encoder_refuses_a_decoder_regularization_it_cannot_train():
+    with pytest.raises(UserInputError, match=re.escape("set loss.decoder_reg_weight=0")):
+        load_config(CONFIGS / "tiny.yaml", ["model.freeze_encoder=true", "model.init_from=/m"])
+    config = load_config(
+        CONFIGS / "tiny.yaml",
+        ["model.freeze_encoder=true", "model.init_from=/m", "loss.decoder_reg_weight=0"],
+    )
+    assert config.model.freeze_encoder
 
 
 def test_errors_name_the_file():

@@ -274,3 +274,23 @@ def test_an_interrupted_checkpoint_write_leaves_no_folder(tmp_path, clips, monke
     with pytest.raises(KeyboardInterrupt):
         trainer.save_checkpoint()
     assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_freeze_encoder_trains_the_decoder_only_and_keeps_the_latents(tmp_path, clips):
+    """Decoder-only fine-tuning: the exported encoder (and so every latent) is bit-identical to
+    ``init_from``'s, the decoder moved."""
+    start = inflate_from_image_vae(load_image_vae(tiny(tmp_path, clips)))
+    start.save_pretrained(tmp_path / "start")
+    config = tiny(
+        tmp_path / "run",
+        clips,
+        f"model.init_from={tmp_path / 'start'}",
+        "model.freeze_encoder=true",
+        "loss.decoder_reg_weight=0",
+        "num_val_clips=0",
+    )
+    trained = CVVAE.from_pretrained(Trainer(config).run())
+    before, after = start.state_dict(), trained.state_dict()
+    encoder = [k for k in before if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))

@@ -43,13 +43,16 @@ class ModelConfig:
     Exactly one of ``image_vae`` (a local diffusers ``AutoencoderKL`` folder) and
     ``image_vae_init`` (``AutoencoderKL`` constructor arguments for a randomly initialised,
     seeded image VAE, for toy runs) must be set. The video VAE is inflated from the image VAE
-    unless ``init_from`` names a saved CV-VAE folder to continue from.
+    unless ``init_from`` names a saved CV-VAE folder to continue from. ``freeze_encoder`` trains
+    the decoder only: the latents of ``init_from`` stay exactly as they were (as Stable
+    Diffusion's fine-tuned VAE decoders did), so only a finished model's decoder is improved.
     """
 
     image_vae: str | None = None
     image_vae_subfolder: str | None = None
     image_vae_init: dict | None = None
     init_from: str | None = None
+    freeze_encoder: bool = False
     gradient_checkpointing: bool = False
 
 
@@ -217,6 +220,12 @@ def validate(config: TrainConfig) -> None:
         (m.image_vae is None) != (m.image_vae_init is None),
         "model: set exactly one of image_vae (a folder) and image_vae_init (random init)",
     )
+    if m.freeze_encoder:
+        _require(m.init_from is not None, "model.freeze_encoder needs model.init_from")
+        _require(
+            lo.decoder_reg_weight == 0,
+            "model.freeze_encoder: set loss.decoder_reg_weight=0 (it trains only the encoder)",
+        )
     _require(bool(d.videos) or bool(d.images), "data: give at least one of videos, images")
     _require(0.0 <= d.image_ratio <= 1.0, "data.image_ratio must be in [0, 1]")
     _require(d.image_ratio == 0.0 or bool(d.images), "data.image_ratio > 0 needs data.images")

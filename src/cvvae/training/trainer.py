@@ -166,6 +166,7 @@ class Trainer:
         self.image_vae = load_image_vae(config).to(acc.device)
         torch.manual_seed(config.seed)
         vae = build_video_vae(config, self.image_vae)
+        vae.encoder.requires_grad_(not config.model.freeze_encoder)
         if config.model.gradient_checkpointing:
             vae.enable_gradient_checkpointing()
         vae.train()
@@ -193,7 +194,11 @@ class Trainer:
         }
         betas = tuple(oc.betas)
         opt_ae = torch.optim.AdamW(
-            vae.parameters(), oc.lr, betas=betas, eps=oc.eps, weight_decay=oc.weight_decay
+            [p for p in vae.parameters() if p.requires_grad],
+            oc.lr,
+            betas=betas,
+            eps=oc.eps,
+            weight_decay=oc.weight_decay,
         )
         opt_disc = torch.optim.AdamW(
             disc.parameters(), oc.disc_lr, betas=betas, eps=oc.eps, weight_decay=oc.weight_decay
