@@ -140,9 +140,9 @@ CVVAE_PHASES = {
     ),
     # the decoder alone, so the latent frames (and the image-decoder gaps) stay phase 9's
     "cvvae_phase10": CVVAEPhase(
-        400,
+        300,
         "cvvae_phase9",
-        1e-4,
+        2e-5,
         0.99,
         10,
         "image_vae_colour",
